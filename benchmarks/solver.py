@@ -31,6 +31,7 @@ from jax import lax
 
 import pararnn
 from pararnn.auto import choose_method
+from pararnn.scan import default_algorithm
 from pararnn.structure import get_structure
 from common import environment, make_cell_problem, markdown_table, time_fn, working_set_bytes, write_json
 
@@ -79,6 +80,7 @@ def run_config(structure, hidden, batch, length, methods, modes, repeats, dtype)
                 "max_err": float(jnp.max(jnp.abs(hs.astype(jnp.float32) - reference.astype(jnp.float32)))),
                 "converged": bool(np.all(info.converged)), "fell_back": bool(np.any(info.fell_back)),
                 "note": "fell back" if bool(np.any(info.fell_back)) else "",
+                "scan_algorithm": default_algorithm(structure),
             })
     return rows
 

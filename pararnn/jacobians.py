@@ -30,15 +30,18 @@ class JacobianStructureError(ValueError):
 
 
 class JacobianSpec:
-    """How to get one step's Jacobian: a structure and, optionally, a user callable.
+    """How to get one step's Jacobian: a structure and, optionally, user callables.
 
     ``structure`` is exact: it is the structure the step's Jacobian really has. A callable
-    ``jac(h, x, params, *consts)`` returns one step's Jacobian of that structure.
+    ``fn(h, x, params, *consts)`` returns one step's Jacobian of that structure;
+    ``diag_fn(h, x, params, *consts)`` only its diagonal, state-shaped (what quasi-Newton
+    iterates with: O(D) per step instead of the O(D²) of a dense Jacobian).
     """
 
-    def __init__(self, structure: Structure, fn: StepFn | None = None):
+    def __init__(self, structure: Structure, fn: StepFn | None = None, diag_fn: StepFn | None = None):
         self.structure = structure
         self.fn = fn
+        self.diag_fn = diag_fn
 
 
 def vmap_over_time(fn: StepFn, n_extra: int = 0) -> StepFn:
@@ -53,7 +56,7 @@ def linearize(
     xs: Any,
     params: Any,
     consts: tuple = (),
-    jac_consts: tuple = (),
+    jac_consts: tuple = ((), ()),
     *,
     diagonal_only: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
@@ -61,7 +64,8 @@ def linearize(
 
     Args:
       step: ``step(h, x, params, *consts)``.
-      spec: the Jacobian structure (and optional callable ``jac(h, x, params, *jac_consts)``).
+      spec: the Jacobian structure and optional callables; ``jac_consts`` is the pair of
+        extra-argument tuples for ``spec.fn`` and ``spec.diag_fn``.
       hprev: ``(T, *S)``: the state each step starts from.
       xs: pytree of ``(T, ...)`` inputs.
       diagonal_only: return only the diagonal (quasi-Newton), laid out like the state.
@@ -76,9 +80,12 @@ def linearize(
     def f_of_h(h):
         return f_all(h, xs, params, *consts)
 
+    if diagonal_only and spec.diag_fn is not None:
+        diag = vmap_over_time(spec.diag_fn, len(jac_consts[1]))(hprev, xs, params, *jac_consts[1])
+        return f_of_h(hprev), diag
     if spec.fn is not None:
         fh = f_of_h(hprev)
-        jac = vmap_over_time(spec.fn, len(jac_consts))(hprev, xs, params, *jac_consts)
+        jac = vmap_over_time(spec.fn, len(jac_consts[0]))(hprev, xs, params, *jac_consts[0])
         return fh, (st.diagonal(jac) if diagonal_only else jac)
     if st is DIAGONAL:
         return jax.jvp(f_of_h, (hprev,), (jnp.ones_like(hprev),))

@@ -103,6 +103,7 @@ def solve(
     fallback: str = "sequential",
     return_info: bool = False,
     algorithm: str = "auto",
+    jacobian_diagonal: Callable | None = None,
 ):
     """All states of ``h_t = step(h_{t-1}, xs[t], params)`` for t = 0 … T−1, in parallel.
 
@@ -133,6 +134,10 @@ def solve(
       return_info: also return a :class:`SolveInfo`.
       algorithm: the linear-recurrence algorithm (``"auto"``, ``"tree"``, ``"chunked"``,
         ``"sequential"``), see :mod:`pararnn.scan`.
+      jacobian_diagonal: optional ``jacobian_diagonal(h, x, params)`` returning only the
+        diagonal of ∂step/∂h, shaped like ``h``; ``"quasi"`` iterates with it instead of
+        extracting the diagonal from the full Jacobian (O(D) instead of O(D²) per step for
+        dense cells). Gradients still use the exact ``jacobian``.
 
     Returns:
       ``hs`` of shape ``(T, *h0.shape)``, dtype of ``h0``; ``(hs, info)`` if ``return_info``.
@@ -150,6 +155,8 @@ def solve(
     x0_spec = validate.slice_spec(xs)
     validate.check_step(step, h0, x0_spec, params)
     structure, jac_fn = validate.resolve_jacobian(jacobian, h0, x0_spec, params)
+    validate.check_jacobian_diagonal(jacobian_diagonal, h0, x0_spec, params)
+    jac_fns = (jac_fn, jacobian_diagonal)
     init = validate.check_init(init, t, h0)
     max_iters = validate.check_max_iters(max_iters)
     tol = validate.check_tol(tol)
@@ -169,17 +176,17 @@ def solve(
         raise_in_graph=traced,
     )
     if traced:
-        hs, info = _solve(cfg, step, jac_fn, *operands)
+        hs, info = _solve(cfg, step, jac_fns, *operands)
     else:
         # Called eagerly: compile the whole solve once per (step, shapes) instead of
         # dispatching it op by op, and check convergence in Python afterwards.
-        hs, info = _solve_jit(cfg, step, jac_fn, *operands)
-        if fallback == "raise" and not bool(info.converged):
+        hs, info = _solve_jit(cfg, step, jac_fns, *operands)
+        if fallback == "raise" and method != "sequential" and not bool(info.converged):
             raise ConvergenceError(_not_converged_message(info.residual, info.iterations, tol))
     return (hs, info) if return_info else hs
 
 
-def _solve(cfg: "_Config", step, jac_fn, h0, xs, params, init):
+def _solve(cfg: "_Config", step, jac_fns, h0, xs, params, init):
     if cfg.method == "sequential":
         hs = sequential_solve(step, h0, xs, params)
         res = _residual(_shift(h0, hs), hs, lambda hp: vmap_over_time(step)(hp, xs, params))
@@ -187,15 +194,18 @@ def _solve(cfg: "_Config", step, jac_fn, h0, xs, params, init):
         return hs, SolveInfo(zero, res, res <= cfg.tol, jnp.zeros((), bool))
     x0 = jax.tree_util.tree_map(lambda l: l[0], xs)
     step_c, consts = _hoist_closure(step, h0, x0, params)
-    jac_c, jconsts = (None, ())
-    if jac_fn is not None:
-        jac_c, jconsts = _hoist_closure(jac_fn, h0, x0, params)
+    hoisted = [(None, ()) if fn is None else _hoist_closure(fn, h0, x0, params) for fn in jac_fns]
+    spec = JacobianSpec(cfg.structure, hoisted[0][0], hoisted[1][0])
+    jconsts = (hoisted[0][1], hoisted[1][1])
     operands = (h0, xs, params, consts, jconsts, init)
     # Inside shard_map every operand must vary over the same mesh axes: the custom VJP
     # returns cotangents typed like its inputs, and the sum over devices of a replicated
     # input's cotangent is the transpose of this cast, done by JAX outside the custom VJP.
     operands = match_varying(operands, operands)
-    return _make_core(cfg, step_c, jac_c)(*operands)
+    return _make_core(cfg, step_c, spec)(*operands)
+
+
+_solve_jit = jax.jit(_solve, static_argnums=(0, 1, 2))
 
 
 def _hoist_closure(fn: Callable, h0, x0, params) -> tuple[Callable, tuple]:
@@ -207,9 +217,6 @@ def _hoist_closure(fn: Callable, h0, x0, params) -> tuple[Callable, tuple]:
     if not consts:
         return (lambda h, x, p, *unused: fn(h, x, p)), ()
     return converted, tuple(consts)
-
-
-_solve_jit = jax.jit(_solve, static_argnums=(0, 1, 2))
 
 
 def _under_trace(operands) -> bool:
@@ -275,13 +282,12 @@ def _not_converged_message(residual, iterations, tol) -> str:
     )
 
 
-def _forward(cfg: _Config, step_c, jac_c, h0, xs, params, consts, jconsts, init, *, keep_jacobian):
+def _forward(cfg: _Config, step_c, spec, h0, xs, params, consts, jconsts, init, *, keep_jacobian):
     """Newton iterations plus fallback. Returns ``(hs, info, J)``; ``J`` is the exact
     Jacobian at the solution when ``keep_jacobian`` and it is cheap to keep, else None."""
     st = cfg.structure
     quasi = cfg.method == "quasi"
     iter_structure = DIAGONAL if quasi else st
-    spec = JacobianSpec(st, jac_c)
     f_all = vmap_over_time(step_c, len(consts))
 
     def lin(hs):
@@ -354,20 +360,19 @@ def _zero_cotangent(x):
     return np.zeros(x.shape, dtype=jax.dtypes.float0)
 
 
-def _make_core(cfg: _Config, step_c: Callable, jac_c: Callable | None):
+def _make_core(cfg: _Config, step_c: Callable, spec: JacobianSpec):
     st = cfg.structure
-    spec = JacobianSpec(st, jac_c)
 
     @jax.custom_vjp
     def core(h0, xs, params, consts, jconsts, init):
         hs, info, _ = _forward(
-            cfg, step_c, jac_c, h0, xs, params, consts, jconsts, init, keep_jacobian=False
+            cfg, step_c, spec, h0, xs, params, consts, jconsts, init, keep_jacobian=False
         )
         return hs, info
 
     def core_fwd(h0, xs, params, consts, jconsts, init):
         hs, info, jac = _forward(
-            cfg, step_c, jac_c, h0, xs, params, consts, jconsts, init, keep_jacobian=True
+            cfg, step_c, spec, h0, xs, params, consts, jconsts, init, keep_jacobian=True
         )
         return (hs, info), (h0, xs, params, consts, jconsts, init, hs, jac)
 

@@ -27,24 +27,29 @@ import jax.numpy as jnp
 from jax import lax
 
 from .control import match_varying
-from .structure import Structure, get_structure
+from .structure import DIAGONAL, Structure, get_structure
 
 __all__ = ["linear_recurrence", "ALGORITHMS", "default_algorithm"]
 
 ALGORITHMS = ("auto", "tree", "chunked", "sequential")
 
 
-def default_algorithm(backend: str | None = None) -> str:
-    """The algorithm ``"auto"`` resolves to on ``backend`` (default: JAX's default backend).
+def default_algorithm(structure: str | Structure = "diagonal", backend: str | None = None) -> str:
+    """The algorithm ``"auto"`` resolves to for ``structure`` on ``backend`` (default: JAX's
+    default backend).
 
-    CPU: ``"chunked"``, the faster of the two parallel algorithms in ``benchmarks/scan.py``
-    (benchmarks/RESULTS.md); a plain ``"sequential"`` scan is faster still on a 2-core CPU,
-    which is why ``solve(method="auto")`` picks the sequential solve there altogether.
+    CPU, from ``benchmarks/scan.py`` (benchmarks/RESULTS.md): ``"chunked"`` for diagonal
+    Jacobians (least memory traffic: up to 1.3× faster than the tree on long batched
+    sequences), ``"tree"`` for block and dense ones (fewer, larger combines). A plain
+    ``"sequential"`` scan is faster than both on a 2-core CPU, which is why
+    ``solve(method="auto")`` picks the sequential solve there altogether.
     Accelerators: ``"tree"``, whose O(log T) depth has no per-step loop (not yet measured by
-    this project; see RESULTS.md).
+    this project).
     """
     backend = backend or jax.default_backend()
-    return "chunked" if backend == "cpu" else "tree"
+    if backend == "cpu" and get_structure(structure) is DIAGONAL:
+        return "chunked"
+    return "tree"
 
 
 def _promote(*dtypes) -> jnp.dtype:
@@ -107,7 +112,7 @@ def linear_recurrence(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
 
     if algorithm == "auto":
-        algorithm = default_algorithm()
+        algorithm = default_algorithm(st)
     return _linear_recurrence(a, b, h0, st, reverse, algorithm, chunk_size)
 
 

@@ -114,6 +114,17 @@ def resolve_jacobian(
     return structure, fn
 
 
+def check_jacobian_diagonal(fn: Any, h0: jax.Array, x0_spec: Any, params: Any) -> None:
+    if fn is None:
+        return
+    if not callable(fn):
+        raise TypeError(f"jacobian_diagonal must be a callable jac_diag(h, x, params) or None, got {fn!r}.")
+    out = jax.eval_shape(fn, jax.ShapeDtypeStruct(h0.shape, h0.dtype), x0_spec, params)
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != h0.shape or out.dtype != h0.dtype:
+        got = _fmt(out) if isinstance(out, jax.ShapeDtypeStruct) else str(jax.tree_util.tree_structure(out))
+        raise ValueError(f"jacobian_diagonal must return an array shaped and typed like h0 ({_fmt(h0)}), got {got}.")
+
+
 def check_init(init: Any, t: int, h0: jax.Array) -> jax.Array | None:
     if init is None:
         return None

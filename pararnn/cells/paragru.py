@@ -1,0 +1,96 @@
+"""ParaGRU: a GRU with diagonal recurrence, so its Jacobian is diagonal (O(T·D) solve).
+
+With ``u = B x + b`` the input projection of all three gates,
+
+    z  = σ(a_z ⊙ h + u_z)
+    r  = σ(a_r ⊙ h + u_r)
+    ĥ  = tanh(a_h ⊙ (r ⊙ h) + u_h)
+    h' = z ⊙ ĥ + (1 − z) ⊙ h
+
+``a = [a_z, a_r, a_h]`` are vectors; ``B`` is block-diagonal over ``num_heads`` heads, each
+mapping ``in/heads`` inputs to ``3·hidden/heads`` gate pre-activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from .base import Cell, Params, check_divisible
+from .initializers import small_recurrent_normal, xavier_uniform
+
+
+def clamp_recurrent(a: jax.Array, max_norm: float | None) -> jax.Array:
+    """``|a| <= max_norm`` elementwise (ParaRNN keeps diagonal recurrences within 0.5 so
+    that the step stays contractive and Newton keeps converging in a few iterations)."""
+    return a if max_norm is None else jnp.clip(a, -max_norm, max_norm)
+
+
+def multihead_project(x: jax.Array, kernel: jax.Array, bias: jax.Array, gates: int) -> jax.Array:
+    """Block-diagonal projection ``x (..., in)`` → ``(..., gates, hidden)``.
+
+    ``kernel`` is ``(heads, in/heads, gates·hidden/heads)``; head g maps input slice g to the
+    ``gates`` pre-activations of hidden slice g. ``bias`` is ``(gates, hidden)``.
+    """
+    heads, per_in, per_out = kernel.shape
+    xh = x.reshape(x.shape[:-1] + (heads, per_in))
+    y = jnp.einsum("...gi,gio->...go", xh, kernel)  # (..., heads, gates·hidden/heads)
+    y = y.reshape(y.shape[:-1] + (gates, per_out // gates))  # (..., heads, gates, hidden/heads)
+    y = jnp.swapaxes(y, -3, -2)  # (..., gates, heads, hidden/heads)
+    return y.reshape(y.shape[:-2] + (heads * (per_out // gates),)) + bias
+
+
+@dataclasses.dataclass(frozen=True)
+class ParaGRUCell(Cell):
+    """Args: in_features, hidden_features; num_heads of the input projection (default 2);
+    max_recurrent_norm: clamp of |a| in the forward pass (default 0.5, None: off)."""
+
+    num_heads: int = 2
+    max_recurrent_norm: float | None = 0.5
+    structure: ClassVar[str] = "diagonal"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_divisible("ParaGRU", in_features=(self.in_features, self.num_heads),
+                        hidden_features=(self.hidden_features, self.num_heads))
+
+    def init(self, key, dtype=jnp.float32) -> Params:
+        """``a`` (3, H) small normal; ``B`` (heads, in/heads, 3H/heads) Xavier uniform; ``b``
+        (3, H) zero except the update gate's −linspace(0, 1): channels from long to short
+        memory."""
+        k_a, k_b = jax.random.split(key)
+        h, heads = self.hidden_features, self.num_heads
+        per_in, per_out = self.in_features // heads, 3 * h // heads
+        a = small_recurrent_normal(k_a, (3, h), h, dtype)
+        kernel = xavier_uniform(k_b, (heads, per_in, per_out), per_in, per_out, dtype)
+        bias = jnp.zeros((3, h), dtype).at[0].set(-jnp.linspace(0.0, 1.0, h, dtype=dtype))
+        return {"a": a, "B": kernel, "b": bias}
+
+    def project(self, params, x):
+        """``x (..., in)`` → ``u (..., 3, hidden)`` = [u_z, u_r, u_h]."""
+        return multihead_project(x, params["B"], params["b"], 3)
+
+    def step(self, h, u, params):
+        a = clamp_recurrent(params["a"], self.max_recurrent_norm)
+        z = jax.nn.sigmoid(a[0] * h + u[0])
+        r = jax.nn.sigmoid(a[1] * h + u[1])
+        cand = jnp.tanh(a[2] * (r * h) + u[2])
+        return z * cand + (1 - z) * h
+
+    def jacobian(self, h, u, params):
+        """∂h'/∂h, diagonal, ``(hidden,)``:
+        ∂z ⊙ (ĥ − h) + z ⊙ ∂ĥ + (1 − z), with ∂z = a_z z(1−z),
+        ∂ĥ = (1 − ĥ²) a_h (r + h ⊙ a_r r(1−r))."""
+        a = clamp_recurrent(params["a"], self.max_recurrent_norm)
+        z = jax.nn.sigmoid(a[0] * h + u[0])
+        r = jax.nn.sigmoid(a[1] * h + u[1])
+        cand = jnp.tanh(a[2] * (r * h) + u[2])
+        dz = a[0] * z * (1 - z)
+        dr = a[1] * r * (1 - r)
+        dcand = (1 - cand * cand) * a[2] * (r + h * dr)
+        return dz * (cand - h) + z * dcand + (1 - z)
+
+    jacobian_diagonal = jacobian  # the Jacobian is diagonal

@@ -1,0 +1,190 @@
+"""Flax NNX recurrent layers over :mod:`pararnn.cells`, solved in parallel over time.
+
+Every layer maps ``x (batch, time, in_features)`` to ``y (batch, time, hidden_features)``:
+the input projection runs as one matmul over all steps, then the recurrence is solved by
+:func:`pararnn.solve` — in parallel (Newton), sequentially (``lax.scan``) or whichever is
+faster here (``"auto"``) — with identical results up to the solver tolerance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ..cells import Cell
+from ..newton import solve
+
+MODES = ("parallel", "sequential", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverOptions:
+    """Options passed to :func:`pararnn.solve` in parallel mode (see its docs)."""
+
+    method: str = "newton"
+    max_iters: int | None = None
+    tol: float | None = None
+    fallback: str = "sequential"
+    algorithm: str = "auto"
+
+
+def _check_mode(mode: Any, where: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"{where}: mode must be one of {MODES}, got {mode!r}.")
+    return mode
+
+
+class RecurrentLayer(nnx.Module):
+    """Base class: a :class:`pararnn.cells.Cell` with its parameters as ``nnx.Param``.
+
+    Subclasses set ``cell_type`` (and ``default_method``); constructor keyword arguments
+    not listed below go to the cell (e.g. ``num_heads``, ``max_recurrent_norm``).
+
+    Args:
+      in_features, hidden_features: input and output sizes.
+      mode: default solve mode, ``"parallel"``, ``"sequential"`` or ``"auto"``.
+      method: the parallel method, ``"newton"`` or ``"quasi"``.
+      max_iters, tol, fallback, algorithm: passed to :func:`pararnn.solve`.
+      dtype: computation dtype (default: promote inputs and parameters).
+      param_dtype: parameter dtype (default float32).
+      sow_info: record solver statistics (max Newton iterations, whether any sequence fell
+        back) as ``nnx.Intermediate`` under ``"solver_info"``, for training metrics; read
+        them with ``y, inter = nnx.capture(layer, nnx.Intermediate)(x)``.
+      rngs: ``nnx.Rngs`` for the parameter init.
+    """
+
+    cell_type: ClassVar[type[Cell]]
+    default_method: ClassVar[str] = "newton"
+
+    def __init__(self, in_features: int, hidden_features: int, *, mode: str = "parallel",
+                 method: str | None = None, max_iters: int | None = None, tol: float | None = None,
+                 fallback: str = "sequential", algorithm: str = "auto", dtype: Any = None,
+                 param_dtype: Any = jnp.float32, sow_info: bool = False, rngs: nnx.Rngs,
+                 **cell_options):
+        name = type(self).__name__
+        self.mode = _check_mode(mode, name)
+        method = method or self.default_method
+        if method not in ("newton", "quasi"):
+            raise ValueError(f"{name}: method must be 'newton' or 'quasi', got {method!r}.")
+        self.solver = SolverOptions(method, max_iters, tol, fallback, algorithm)
+        self.cell = self.cell_type(in_features, hidden_features, **cell_options)
+        self.in_features, self.hidden_features = in_features, hidden_features
+        self.dtype, self.param_dtype, self.sow_info = dtype, param_dtype, sow_info
+        params = self.cell.init(rngs.params(), param_dtype)
+        self.param_names = tuple(params)
+        for key, value in params.items():
+            setattr(self, key, nnx.Param(value))
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _compute_dtype(self, x: jax.Array):
+        if self.dtype is not None:
+            return jnp.dtype(self.dtype)
+        with jax.numpy_dtype_promotion("standard"):
+            return jnp.promote_types(x.dtype, self.param_dtype)
+
+    def _params(self, dtype) -> dict[str, jax.Array]:
+        return {k: getattr(self, k)[...].astype(dtype) for k in self.param_names}
+
+    def initial_state(self, batch_size: int, dtype: Any = None) -> jax.Array:
+        """Zero states ``(batch_size, *state_shape)``."""
+        dtype = dtype or self.dtype or self.param_dtype
+        return jnp.zeros((batch_size,) + self.cell.state_shape, dtype)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of one sequence's state: ``(hidden,)``; ``(2, hidden)`` for ParaLSTM and
+        ``(2·hidden,)`` for LSTM (cell and hidden state)."""
+        return self.cell.state_shape
+
+    def _states(self, h0, batch: int, dtype) -> jax.Array:
+        shape = (batch,) + self.cell.state_shape
+        if h0 is None:
+            return jnp.zeros(shape, dtype)
+        h0 = jnp.asarray(h0)
+        if h0.shape == self.cell.state_shape:
+            h0 = jnp.broadcast_to(h0, shape)
+        if h0.shape != shape:
+            raise ValueError(
+                f"{type(self).__name__}: h0 must have shape (batch, *state_shape) = {shape} "
+                f"(or {self.cell.state_shape} for all sequences), got {h0.shape}."
+            )
+        return h0.astype(dtype)
+
+    def _check_input(self, x, rank: int, what: str):
+        x = jnp.asarray(x)
+        expected = "(batch, time, in_features)" if rank == 3 else "(batch, in_features)"
+        if x.ndim != rank:
+            raise ValueError(
+                f"{type(self).__name__}: {what} must have shape {expected} with "
+                f"in_features={self.in_features}, got shape {x.shape}."
+            )
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__}: {what} has {x.shape[-1]} features in its last axis, "
+                f"expected in_features={self.in_features} (shape {expected}, got {x.shape})."
+            )
+        if rank == 3 and x.shape[1] < 1:
+            raise ValueError(f"{type(self).__name__}: {what} has no time steps (shape {x.shape}).")
+        return x
+
+    # ---- forward ----------------------------------------------------------------------------
+    def __call__(self, x: jax.Array, h0: jax.Array | None = None, mode: str | None = None, *,
+                 return_state: bool = False):
+        """Run the layer over whole sequences.
+
+        Args:
+          x: ``(batch, time, in_features)``.
+          h0: optional initial states ``(batch, *state_shape)`` (e.g. the final state of a
+            previous chunk, for streaming); zeros by default.
+          mode: override the layer's mode for this call.
+          return_state: also return the final states ``(batch, *state_shape)``, to continue
+            from in a later call.
+
+        Returns:
+          ``y (batch, time, hidden_features)``, or ``(y, final_state)``.
+        """
+        x = self._check_input(x, 3, "x")
+        mode = _check_mode(self.mode if mode is None else mode, type(self).__name__)
+        dtype = self._compute_dtype(x)
+        params = self._params(dtype)
+        u = self.cell.project(params, x.astype(dtype))
+        h0 = self._states(h0, x.shape[0], dtype)
+        method = {"parallel": self.solver.method, "sequential": "sequential", "auto": "auto"}[mode]
+        cell, opts = self.cell, self.solver
+        jacobian = cell.jacobian if cell.jacobian is not None else cell.structure
+
+        def solve_one(u_b, h_b):
+            return solve(cell.step, h_b, u_b, params, jacobian=jacobian, method=method,
+                         max_iters=opts.max_iters, tol=opts.tol, fallback=opts.fallback,
+                         algorithm=opts.algorithm, return_info=True,
+                         jacobian_diagonal=cell.jacobian_diagonal)
+
+        hs, info = jax.vmap(solve_one)(u, h0)
+        if self.sow_info:
+            self.sow(nnx.Intermediate, "solver_info", {"iterations": jnp.max(info.iterations),
+                                                  "fell_back": jnp.any(info.fell_back)})
+        y = cell.output(hs)
+        return (y, hs[:, -1]) if return_state else y
+
+    def step(self, h: jax.Array | None, x_t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One time step for recurrent inference, O(1) memory per token.
+
+        Args:
+          h: states ``(batch, *state_shape)`` (None: zeros).
+          x_t: ``(batch, in_features)``.
+
+        Returns:
+          ``(h_next, y_t)`` with ``y_t (batch, hidden_features)``, equal to the sequence
+          call's output at that step.
+        """
+        x_t = self._check_input(x_t, 2, "x_t")
+        dtype = self._compute_dtype(x_t)
+        params = self._params(dtype)
+        h = self._states(h, x_t.shape[0], dtype)
+        u = self.cell.project(params, x_t.astype(dtype))
+        h_next = jax.vmap(self.cell.step, in_axes=(0, 0, None))(h, u, params)
+        return h_next, self.cell.output(h_next)
