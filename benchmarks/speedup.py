@@ -57,16 +57,19 @@ def run_config(name, hidden, batch, length, modes, repeats, method):
     layer_cls, flax_cell = LAYERS[name]
     kw = {"method": method} if method and name in ("GRU", "LSTM", "Elman") else {}
     layer = layer_cls(hidden, hidden, rngs=nnx.Rngs(0), **kw)
-    flax_rnn = nnx.RNN(getattr(nnx, flax_cell)(hidden, hidden, rngs=nnx.Rngs(0)))
+    flax_rnn = nnx.RNN(getattr(nnx, flax_cell)(hidden, hidden, rngs=nnx.Rngs(0)), rngs=False)
     x = jax.random.normal(jax.random.key(1), (batch, length, hidden), jnp.float32)
-    graph, state = nnx.split(layer)
-    fgraph, fstate = nnx.split(flax_rnn)
+    # Differentiate parameters only (nnx.RNN also carries integer RNG state).
+    graph, state, rest = nnx.split(layer, nnx.Param, ...)
+    fgraph, fstate, frest = nnx.split(flax_rnn, nnx.Param, ...)
 
     def forward(state, x, mode):
-        return nnx.merge(graph, state)(x, mode=mode)
+        return nnx.merge(graph, state, rest)(x, mode=mode)
 
     def flax_forward(state, x):
-        return nnx.merge(fgraph, state)(x)
+        zeros = jnp.zeros((x.shape[0], hidden), x.dtype)  # explicit carry: no RNG needed
+        carry = (zeros, zeros) if "LSTM" in flax_cell else zeros
+        return nnx.merge(fgraph, state, frest)(x, initial_carry=carry)
 
     def fwdbwd(fwd):
         return jax.grad(lambda s, x: jnp.mean(fwd(s, x) ** 2), argnums=(0, 1))
@@ -75,7 +78,7 @@ def run_config(name, hidden, batch, length, modes, repeats, method):
            "sequential": lambda s, x: forward(s, x, "sequential"), "flax": flax_forward}
     y_par = jax.jit(fns["parallel"])(state, x)
     y_seq = jax.jit(fns["sequential"])(state, x)
-    recording = nnx.merge(graph, state)
+    recording = nnx.merge(graph, state, rest)
     recording.sow_info = True
     _, intermediates = nnx.capture(recording, nnx.Intermediate)(x)
     info = intermediates["solver_info"][0]

@@ -41,7 +41,7 @@ class SolveInfo(NamedTuple):
     Attributes:
       iterations: int32, Newton (or quasi-Newton) updates taken; 0 for ``"sequential"``.
       residual: ``max_t max|hs[t] − step(hs[t−1], xs[t])|`` of the returned states.
-      converged: whether the Newton iterate reached ``residual <= tol``.
+      converged: whether the Newton iterate reached ``residual <= tol · max(1, max|hs|)``.
       fell_back: whether the returned states come from the sequential fallback.
     """
 
@@ -122,13 +122,14 @@ def solve(
       method: ``"newton"``, ``"quasi"`` (iterate with only the diagonal of J), ``"sequential"``
         (``lax.scan``), or ``"auto"`` (:func:`pararnn.auto.choose_method`).
       max_iters: Newton iteration cap (default 32 for newton, 128 for quasi).
-      tol: converged when the residual ``max|hs[t] − step(hs[t−1], xs[t])|`` ≤ tol. Default
-        by state dtype: float64 1e-13, float32 1e-5, float16 3e-3, bfloat16 2e-2.
+      tol: converged when the residual ``max|hs[t] − step(hs[t−1], xs[t])|`` is at most
+        ``tol · max(1, max|hs|)`` (absolute for states up to magnitude 1, relative beyond).
+        Default by state dtype: float64 1e-13, float32 1e-5, float16 3e-3, bfloat16 2e-2.
       init: optional initial guess ``(T, *h0.shape)``; default ``step(0, xs[t])`` for all t.
       fallback: when the iteration does not converge within ``max_iters`` or produces
         NaN/Inf: ``"sequential"`` returns the sequential answer (``info.fell_back``);
-        ``"raise"`` raises :class:`ConvergenceError` (inside ``jit`` it surfaces as a
-        ``JaxRuntimeError`` carrying the same message); ``"none"`` returns the last iterate
+        ``"raise"`` raises :class:`ConvergenceError` (when traced — under ``jit``, ``grad``
+        or ``vmap`` — it surfaces as a ``JaxRuntimeError`` carrying the same message); ``"none"`` returns the last iterate
         with ``info.converged = False``. The fallback costs nothing when the solve converges,
         also under ``vmap``.
       return_info: also return a :class:`SolveInfo`.
@@ -179,19 +180,27 @@ def solve(
         hs, info = _solve(cfg, step, jac_fns, *operands)
     else:
         # Called eagerly: compile the whole solve once per (step, shapes) instead of
-        # dispatching it op by op, and check convergence in Python afterwards.
-        hs, info = _solve_jit(cfg, step, jac_fns, *operands)
-        if fallback == "raise" and method != "sequential" and not bool(info.converged):
-            raise ConvergenceError(_not_converged_message(info.residual, info.iterations, tol))
+        # dispatching it op by op (callables that cannot key the compilation cache do run
+        # op by op), then check convergence in Python.
+        run = _solve_jit if _hashable((step,) + jac_fns) else _solve
+        hs, info = run(cfg, step, jac_fns, *operands)
+        if fallback == "raise" and method != "sequential":
+            if isinstance(info.converged, jax.core.Tracer):
+                # The step closes over a traced value (e.g. vmap over a captured array):
+                # this call is traced after all, so the check must live in the graph.
+                cfg = dataclasses.replace(cfg, raise_in_graph=True)
+                hs, info = _solve(cfg, step, jac_fns, *operands)
+            elif not bool(info.converged):
+                raise ConvergenceError(_not_converged_message(info.residual, info.iterations, tol))
     return (hs, info) if return_info else hs
 
 
 def _solve(cfg: "_Config", step, jac_fns, h0, xs, params, init):
     if cfg.method == "sequential":
         hs = sequential_solve(step, h0, xs, params)
-        res = _residual(_shift(h0, hs), hs, lambda hp: vmap_over_time(step)(hp, xs, params))
+        res = _residual(vmap_over_time(step)(_shift(h0, hs), xs, params), hs)
         zero = jnp.zeros((), jnp.int32)
-        return hs, SolveInfo(zero, res, res <= cfg.tol, jnp.zeros((), bool))
+        return hs, SolveInfo(zero, res, _within_tol(res, hs, cfg.tol), jnp.zeros((), bool))
     x0 = jax.tree_util.tree_map(lambda l: l[0], xs)
     step_c, consts = _hoist_closure(step, h0, x0, params)
     hoisted = [(None, ()) if fn is None else _hoist_closure(fn, h0, x0, params) for fn in jac_fns]
@@ -213,10 +222,20 @@ def _hoist_closure(fn: Callable, h0, x0, params) -> tuple[Callable, tuple]:
     the custom VJP can differentiate them. ``fn`` itself is kept when it closes over no
     tracers (the common case): the converted function replays a jaxpr recorded for the
     example arguments' types, which is brittle inside ``shard_map`` (varying axes)."""
+    if not _hashable(fn):  # closure_convert caches by function: give it a hashable one
+        fn = (lambda f: lambda h, x, p: f(h, x, p))(fn)
     converted, consts = jax.closure_convert(fn, h0, x0, params)
     if not consts:
         return (lambda h, x, p, *unused: fn(h, x, p)), ()
     return converted, tuple(consts)
+
+
+def _hashable(fns) -> bool:
+    try:
+        hash(fns)
+        return True
+    except TypeError:
+        return False
 
 
 def _under_trace(operands) -> bool:
@@ -264,13 +283,18 @@ def _shift(h0: jax.Array, hs: jax.Array) -> jax.Array:
     return jnp.concatenate([h0[None], hs[:-1]], axis=0)
 
 
-def _residual(hprev, hs, f_all) -> jax.Array:
-    return _max_abs_diff(f_all(hprev), hs)
+def _residual(fh: jax.Array, hs: jax.Array) -> jax.Array:
+    """``max_t max|step(hs[t−1]) − hs[t]|`` (float32 at least)."""
+    dt = jnp.float64 if hs.dtype == jnp.float64 else jnp.float32
+    return jnp.max(jnp.abs(fh.astype(dt) - hs.astype(dt)))
 
 
-def _max_abs_diff(a, b) -> jax.Array:
-    dt = jnp.float64 if a.dtype == jnp.float64 else jnp.float32
-    return jnp.max(jnp.abs(a.astype(dt) - b.astype(dt)))
+def _within_tol(res: jax.Array, hs: jax.Array, tol: float) -> jax.Array:
+    """Converged: ``res <= tol · max(1, max|hs|)`` — absolute for states of magnitude up to 1,
+    relative beyond, because rounding in the step scales with the state (an LSTM cell state
+    of 100 cannot be resolved to 1e-5 absolute in float32)."""
+    scale = jnp.maximum(jnp.max(jnp.abs(hs)).astype(res.dtype), 1)
+    return jnp.isfinite(scale) & (res <= tol * scale)  # res <= tol·inf would pass
 
 
 def _not_converged_message(residual, iterations, tol) -> str:
@@ -299,11 +323,11 @@ def _forward(cfg: _Config, step_c, spec, h0, xs, params, consts, jconsts, init, 
         zeros = jnp.zeros((jax.tree_util.tree_leaves(xs)[0].shape[0],) + h0.shape, h0.dtype)
         init = f_all(zeros, xs, params, *consts)
     fh, jac = lin(init)
-    state = (jnp.zeros((), jnp.int32), init, fh, jac, _max_abs_diff(fh, init))
+    state = (jnp.zeros((), jnp.int32), init, fh, jac, _residual(fh, init))
 
     def not_done(s):
-        k, _, _, _, res = s
-        return (k < cfg.max_iters) & (res > cfg.tol) & jnp.isfinite(res)
+        k, hs, _, _, res = s
+        return (k < cfg.max_iters) & ~_within_tol(res, hs, cfg.tol) & jnp.isfinite(res)
 
     def newton_update(s):
         k, hs, fh, jac, _ = s
@@ -312,10 +336,10 @@ def _forward(cfg: _Config, step_c, spec, h0, xs, params, consts, jconsts, init, 
         )
         hs = hs + delta
         fh, jac = lin(hs)
-        return k + 1, hs, fh, jac, _max_abs_diff(fh, hs)
+        return k + 1, hs, fh, jac, _residual(fh, hs)
 
     iters, hs, fh, jac, res = lax.while_loop(not_done, newton_update, state)
-    converged = res <= cfg.tol
+    converged = _within_tol(res, hs, cfg.tol)
 
     keep = keep_jacobian and not quasi and st is not DENSE
     result = (hs, jac if keep else None, res)
@@ -331,7 +355,7 @@ def _forward(cfg: _Config, step_c, spec, h0, xs, params, consts, jconsts, init, 
                                             consts, jconsts)
             else:
                 fh_seq, jac_seq = f_all(_shift(h_start, hs_seq), xs, params, *consts), None
-            return h_start, (hs_seq, jac_seq, _max_abs_diff(fh_seq, hs_seq))
+            return h_start, (hs_seq, jac_seq, _residual(fh_seq, hs_seq))
 
         _, result = run_if(~converged, fall_back, (h0, result))
         fell_back = ~converged

@@ -3,17 +3,17 @@ the shape or value seen, and what was expected."""
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from .jacobians import infer_structure
-from .structure import Structure, get_structure
+from .structure import STRUCTURE_NAMES, Structure, get_structure
 
 METHODS = ("newton", "quasi", "sequential", "auto")
 FALLBACKS = ("sequential", "raise", "none")
-JACOBIANS = ("diagonal", "block", "dense")
 
 
 def _fmt(x) -> str:
@@ -26,11 +26,29 @@ def check_choice(value: Any, choices: tuple[str, ...], argname: str) -> str:
     return value
 
 
+SUPPORTED_DTYPES = tuple(jnp.dtype(d) for d in (jnp.float64, jnp.float32, jnp.float16, jnp.bfloat16))
+
+
 def check_h0(h0: Any) -> jax.Array:
     h0 = jnp.asarray(h0)
-    if not jnp.issubdtype(h0.dtype, jnp.floating):
-        raise TypeError(f"h0 must have a floating dtype (float64/32/16, bfloat16), got {h0.dtype}.")
+    if h0.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"h0 must have a floating dtype ({', '.join(d.name for d in SUPPORTED_DTYPES)}), got {h0.dtype}."
+        )
     return h0
+
+
+def _eval_shape(fn: Callable, argname: str, h0: jax.Array, x0_spec: Any, params: Any):
+    """``jax.eval_shape(fn, h0, xs[0], params)``; a failure names ``argname`` and the shapes."""
+    try:
+        return jax.eval_shape(fn, jax.ShapeDtypeStruct(h0.shape, h0.dtype), x0_spec, params)
+    except Exception as e:  # the user's function rejects these shapes: say which ones
+        x_desc = jax.tree_util.tree_map(_fmt, x0_spec)
+        raise ValueError(
+            f"calling {argname}(h0, xs[0], params) with h0 {_fmt(h0)} and xs[0] {x_desc} failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Check that h0 "
+            f"has the state shape and dtype {argname} expects and that xs has a leading time axis."
+        ) from e
 
 
 def check_xs(xs: Any) -> int:
@@ -67,16 +85,7 @@ def slice_spec(xs: Any) -> Any:
 def check_step(step: Callable, h0: jax.Array, x0_spec: Any, params: Any) -> None:
     if not callable(step):
         raise TypeError(f"step must be callable step(h, x, params) -> h_next, got {type(step).__name__}.")
-    h0_spec = jax.ShapeDtypeStruct(h0.shape, h0.dtype)
-    try:
-        out = jax.eval_shape(step, h0_spec, x0_spec, params)
-    except Exception as e:  # the user's step rejects these shapes: say which ones
-        x_desc = jax.tree_util.tree_map(_fmt, x0_spec)
-        raise ValueError(
-            f"calling step(h0, xs[0], params) with h0 {_fmt(h0)} and xs[0] {x_desc} failed "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Check that h0 "
-            f"has the state shape and dtype the step expects and that xs has a leading time axis."
-        ) from e
+    out = _eval_shape(step, "step", h0, x0_spec, params)
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(
             f"step must return one array shaped like h ({_fmt(h0)}), got a pytree "
@@ -94,8 +103,7 @@ def resolve_jacobian(
 ) -> tuple[Structure, Callable | None]:
     """Return the declared structure and the user's Jacobian callable (if any)."""
     if callable(jacobian):
-        h0_spec = jax.ShapeDtypeStruct(h0.shape, h0.dtype)
-        out = jax.eval_shape(jacobian, h0_spec, x0_spec, params)
+        out = _eval_shape(jacobian, "jacobian", h0, x0_spec, params)
         if not isinstance(out, jax.ShapeDtypeStruct):
             raise TypeError(f"jacobian callable must return one array, got {jax.tree_util.tree_structure(out)}.")
         structure = infer_structure(out.shape, h0.shape, "jacobian callable")
@@ -105,9 +113,9 @@ def resolve_jacobian(
             )
         fn = jacobian
     else:
-        if not isinstance(jacobian, str) or jacobian not in JACOBIANS:
+        if not isinstance(jacobian, str) or jacobian not in STRUCTURE_NAMES:
             raise ValueError(
-                f"jacobian must be one of {JACOBIANS} or a callable jac(h, x, params), got {jacobian!r}."
+                f"jacobian must be one of {STRUCTURE_NAMES} or a callable jac(h, x, params), got {jacobian!r}."
             )
         structure, fn = get_structure(jacobian, "jacobian"), None
     structure.check_state_shape(h0.shape, "h0")
@@ -119,7 +127,7 @@ def check_jacobian_diagonal(fn: Any, h0: jax.Array, x0_spec: Any, params: Any) -
         return
     if not callable(fn):
         raise TypeError(f"jacobian_diagonal must be a callable jac_diag(h, x, params) or None, got {fn!r}.")
-    out = jax.eval_shape(fn, jax.ShapeDtypeStruct(h0.shape, h0.dtype), x0_spec, params)
+    out = _eval_shape(fn, "jacobian_diagonal", h0, x0_spec, params)
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != h0.shape or out.dtype != h0.dtype:
         got = _fmt(out) if isinstance(out, jax.ShapeDtypeStruct) else str(jax.tree_util.tree_structure(out))
         raise ValueError(f"jacobian_diagonal must return an array shaped and typed like h0 ({_fmt(h0)}), got {got}.")
@@ -129,6 +137,8 @@ def check_init(init: Any, t: int, h0: jax.Array) -> jax.Array | None:
     if init is None:
         return None
     init = jnp.asarray(init)
+    if not jnp.issubdtype(init.dtype, jnp.floating):
+        raise TypeError(f"init must be a floating-point initial guess like h0, got dtype {init.dtype}.")
     if init.shape != (t,) + h0.shape:
         raise ValueError(f"init must have shape (T, *h0.shape) = {(t,) + h0.shape}, got {init.shape}.")
     return init.astype(h0.dtype)
@@ -137,9 +147,9 @@ def check_init(init: Any, t: int, h0: jax.Array) -> jax.Array | None:
 def check_max_iters(max_iters: Any) -> int | None:
     if max_iters is None:
         return None
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 0:
+    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 0:
         raise ValueError(f"max_iters must be a non-negative int, got {max_iters!r}.")
-    return max_iters
+    return int(max_iters)
 
 
 def check_tol(tol: Any) -> float | None:

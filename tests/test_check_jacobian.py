@@ -11,7 +11,7 @@ from pararnn import JacobianStructureError, check_jacobian
 from cells import CELLS, GRU_DENSE, GRU_DIAG, LSTM_BLOCK
 
 
-@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS.keys())
+@pytest.mark.parametrize("cell", [GRU_DIAG, LSTM_BLOCK], ids=["diagonal", "block"])
 def test_true_claims_pass(cell):
     p, x, h0 = cell.params(), cell.inputs(1)[0], cell.h0()
     assert check_jacobian(cell.jax_step, h0, x, p, jacobian=cell.jacobian) == 0.0

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 import pararnn
-from cells import GRU_DENSE, GRU_DIAG, LSTM_BLOCK
+from cells import GRU_DIAG, LSTM_BLOCK
 
 CELL = GRU_DIAG
 P, XS, H0 = CELL.params(), CELL.inputs(8), CELL.h0()
@@ -39,10 +39,19 @@ def solve(**overrides):
     (dict(step=lambda h, x, p: (h, h)), TypeError, r"step must return one array"),
     (dict(step="not a function"), TypeError, r"step must be callable"),
     (dict(jacobian=lambda h, x, p: jnp.ones((3,))), ValueError, r"jacobian callable returned an array of shape \(3,\) for a state of shape \(4,\)"),
+    (dict(jacobian=lambda h, x, p: h @ jnp.ones((5, 5))), ValueError, r"calling jacobian\(h0, xs\[0\], params\) with h0 float64\[4\]"),
+    (dict(jacobian_diagonal=lambda h, x, p: h[:2]), ValueError, r"jacobian_diagonal must return an array shaped and typed like h0 \(float64\[4\]\), got float64\[2\]"),
+    (dict(h0=jnp.zeros(4, jnp.float8_e4m3fn)), TypeError, r"h0 must have a floating dtype \(float64, float32, float16, bfloat16\), got float8_e4m3fn"),
+    (dict(init=jnp.zeros((8, 4), jnp.int32)), TypeError, r"init must be a floating-point initial guess"),
 ])
 def test_bad_arguments_are_named(overrides, error, pattern):
     with pytest.raises(error, match=pattern):
         solve(**overrides)
+
+
+def test_numpy_integer_max_iters_is_accepted():
+    hs = solve(max_iters=np.int32(5))
+    assert hs.shape == (8, 4)
 
 
 def test_block_h0_must_be_2d():

@@ -115,3 +115,31 @@ def test_sequential_and_auto_methods(method):
     hs, info = _solve_jit(cell, method)(h0, xs, p)
     np.testing.assert_allclose(hs, numpy_loop(cell, h0, xs, p), rtol=0, atol=1e-12)
     assert bool(info.converged) and not bool(info.fell_back)
+
+
+def test_tolerance_is_relative_for_large_states():
+    # A state of magnitude ~100: float32 rounding alone is ~1e-5 absolute, so an absolute
+    # tol of 1e-5 could not be met; the criterion scales with max(1, max|h|).
+    def step(h, x, p):
+        return 0.5 * h + 100.0 * jnp.tanh(x + p * h)
+    xs = jnp.asarray(np.random.default_rng(0).normal(size=(2000, 8)), jnp.float32)
+    h0, p = jnp.zeros(8, jnp.float32), jnp.asarray(0.001, jnp.float32)  # |J| <= 0.6
+    hs, info = jax.jit(lambda: pararnn.solve(step, h0, xs, p, return_info=True))()
+    assert bool(info.converged) and int(info.iterations) <= 5
+    assert float(jnp.max(jnp.abs(hs))) > 100
+    assert float(info.residual) <= pararnn.default_tol(jnp.float32) * float(jnp.max(jnp.abs(hs)))
+    seq = pararnn.solve(step, h0, xs, p, method="sequential")
+    # error <= residual / (1 - 0.6) with residual <= tol·max|h|: absolute 1e-5·max|h| is ample
+    np.testing.assert_allclose(hs, seq, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(seq))))
+
+
+def test_eager_call_with_an_unhashable_step():
+    class Step:  # a callable that cannot key the compilation cache
+        __hash__ = None
+
+        def __call__(self, h, x, p):
+            return GRU_DIAG.jax_step(h, x, p)
+    cell = GRU_DIAG
+    p, xs, h0 = cell.params(), cell.inputs(30), cell.h0()
+    hs = pararnn.solve(Step(), h0, xs, p)
+    np.testing.assert_allclose(hs, numpy_loop(cell, h0, xs, p), rtol=0, atol=1e-10)

@@ -89,3 +89,31 @@ def check_divisible(cls_name: str, **sizes_and_divisor) -> None:
             raise ValueError(
                 f"{cls_name}: {name}={value} must be divisible by num_heads={divisor}."
             )
+
+
+def clamp_recurrent(a: jax.Array, max_norm: float | None) -> jax.Array:
+    """The effective diagonal recurrence ``max_norm · tanh(a / max_norm)``: |·| < max_norm.
+
+    ParaRNN keeps diagonal recurrences within 0.5 so that the step stays contractive and
+    Newton keeps converging in a few iterations. A soft clamp rather than ``clip``: ``clip``
+    has zero gradient outside the bound, so a weight that starts (or drifts) there would
+    never move again. For |a| well below the bound it is the identity to first order.
+    """
+    return a if max_norm is None else max_norm * jnp.tanh(a / max_norm)
+
+
+def multihead_project(x: jax.Array, kernel: jax.Array, bias: jax.Array, gates: int) -> jax.Array:
+    """Block-diagonal projection ``x (..., in)`` → ``(..., gates, hidden)``.
+
+    ``kernel`` is ``(heads, in/heads, gates·hidden/heads)``; head g maps input slice g to the
+    ``gates`` pre-activations of hidden slice g. ``bias`` is ``(gates, hidden)``. One plain
+    matmul per head, each reshaped gate-major and concatenated along the hidden axis: 3–4×
+    faster on CPU than one einsum with a head batch axis, which XLA lowers with transposes.
+    """
+    heads, per_in, per_out = kernel.shape
+    parts = [
+        jnp.matmul(x[..., g * per_in:(g + 1) * per_in], kernel[g]).reshape(
+            x.shape[:-1] + (gates, per_out // gates))
+        for g in range(heads)
+    ]
+    return jnp.concatenate(parts, axis=-1) + bias

@@ -19,34 +19,15 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from .base import Cell, Params, check_divisible
+from .base import Cell, Params, check_divisible, clamp_recurrent, multihead_project
 from .initializers import small_recurrent_normal, xavier_uniform
-
-
-def clamp_recurrent(a: jax.Array, max_norm: float | None) -> jax.Array:
-    """``|a| <= max_norm`` elementwise (ParaRNN keeps diagonal recurrences within 0.5 so
-    that the step stays contractive and Newton keeps converging in a few iterations)."""
-    return a if max_norm is None else jnp.clip(a, -max_norm, max_norm)
-
-
-def multihead_project(x: jax.Array, kernel: jax.Array, bias: jax.Array, gates: int) -> jax.Array:
-    """Block-diagonal projection ``x (..., in)`` → ``(..., gates, hidden)``.
-
-    ``kernel`` is ``(heads, in/heads, gates·hidden/heads)``; head g maps input slice g to the
-    ``gates`` pre-activations of hidden slice g. ``bias`` is ``(gates, hidden)``.
-    """
-    heads, per_in, per_out = kernel.shape
-    xh = x.reshape(x.shape[:-1] + (heads, per_in))
-    y = jnp.einsum("...gi,gio->...go", xh, kernel)  # (..., heads, gates·hidden/heads)
-    y = y.reshape(y.shape[:-1] + (gates, per_out // gates))  # (..., heads, gates, hidden/heads)
-    y = jnp.swapaxes(y, -3, -2)  # (..., gates, heads, hidden/heads)
-    return y.reshape(y.shape[:-2] + (heads * (per_out // gates),)) + bias
 
 
 @dataclasses.dataclass(frozen=True)
 class ParaGRUCell(Cell):
     """Args: in_features, hidden_features; num_heads of the input projection (default 2);
-    max_recurrent_norm: clamp of |a| in the forward pass (default 0.5, None: off)."""
+    max_recurrent_norm: bound on the effective |a| (default 0.5, None: off), see
+    :func:`pararnn.cells.base.clamp_recurrent`."""
 
     num_heads: int = 2
     max_recurrent_norm: float | None = 0.5
@@ -73,21 +54,22 @@ class ParaGRUCell(Cell):
         """``x (..., in)`` → ``u (..., 3, hidden)`` = [u_z, u_r, u_h]."""
         return multihead_project(x, params["B"], params["b"], 3)
 
-    def step(self, h, u, params):
+    def _gates(self, h, u, params):
         a = clamp_recurrent(params["a"], self.max_recurrent_norm)
         z = jax.nn.sigmoid(a[0] * h + u[0])
         r = jax.nn.sigmoid(a[1] * h + u[1])
         cand = jnp.tanh(a[2] * (r * h) + u[2])
+        return a, z, r, cand
+
+    def step(self, h, u, params):
+        _, z, _, cand = self._gates(h, u, params)
         return z * cand + (1 - z) * h
 
     def jacobian(self, h, u, params):
         """∂h'/∂h, diagonal, ``(hidden,)``:
         ∂z ⊙ (ĥ − h) + z ⊙ ∂ĥ + (1 − z), with ∂z = a_z z(1−z),
         ∂ĥ = (1 − ĥ²) a_h (r + h ⊙ a_r r(1−r))."""
-        a = clamp_recurrent(params["a"], self.max_recurrent_norm)
-        z = jax.nn.sigmoid(a[0] * h + u[0])
-        r = jax.nn.sigmoid(a[1] * h + u[1])
-        cand = jnp.tanh(a[2] * (r * h) + u[2])
+        a, z, r, cand = self._gates(h, u, params)
         dz = a[0] * z * (1 - z)
         dr = a[1] * r * (1 - r)
         dcand = (1 - cand * cand) * a[2] * (r + h * dr)

@@ -17,15 +17,14 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from .base import Cell, Params, check_divisible
+from .base import Cell, Params, check_divisible, clamp_recurrent, multihead_project
 from .initializers import small_recurrent_normal, xavier_uniform
-from .paragru import clamp_recurrent, multihead_project
 
 
 @dataclasses.dataclass(frozen=True)
 class ParaLSTMCell(Cell):
     """Args: in_features, hidden_features (= N); num_heads of the input projection
-    (default 2); max_recurrent_norm: clamp of |a| and |p| in the forward pass (default 0.5)."""
+    (default 2); max_recurrent_norm: bound on the effective |a| and |p| (default 0.5)."""
 
     num_heads: int = 2
     max_recurrent_norm: float | None = 0.5

@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..auto import choose_method
 from ..cells import Cell
 from ..newton import solve
+from ..structure import get_structure
 
 MODES = ("parallel", "sequential", "auto")
 
@@ -151,24 +153,46 @@ class RecurrentLayer(nnx.Module):
         mode = _check_mode(self.mode if mode is None else mode, type(self).__name__)
         dtype = self._compute_dtype(x)
         params = self._params(dtype)
-        u = self.cell.project(params, x.astype(dtype))
+        x = x.astype(dtype)
         h0 = self._states(h0, x.shape[0], dtype)
-        method = {"parallel": self.solver.method, "sequential": "sequential", "auto": "auto"}[mode]
         cell, opts = self.cell, self.solver
-        jacobian = cell.jacobian if cell.jacobian is not None else cell.structure
+        method = {"parallel": opts.method, "sequential": "sequential", "auto": "auto"}[mode]
+        if method == "auto":
+            method = choose_method(get_structure(cell.structure), x.shape[1], cell.state_shape)
+        if method == "sequential":
+            hs = self._scan(params, x, h0)
+            info = None
+        else:
+            u = cell.project(params, x)
+            jacobian = cell.jacobian if cell.jacobian is not None else cell.structure
 
-        def solve_one(u_b, h_b):
-            return solve(cell.step, h_b, u_b, params, jacobian=jacobian, method=method,
-                         max_iters=opts.max_iters, tol=opts.tol, fallback=opts.fallback,
-                         algorithm=opts.algorithm, return_info=True,
-                         jacobian_diagonal=cell.jacobian_diagonal)
+            def solve_one(u_b, h_b):
+                return solve(cell.step, h_b, u_b, params, jacobian=jacobian, method=method,
+                             max_iters=opts.max_iters, tol=opts.tol, fallback=opts.fallback,
+                             algorithm=opts.algorithm, return_info=True,
+                             jacobian_diagonal=cell.jacobian_diagonal)
 
-        hs, info = jax.vmap(solve_one)(u, h0)
+            hs, info = jax.vmap(solve_one)(u, h0)
         if self.sow_info:
-            self.sow(nnx.Intermediate, "solver_info", {"iterations": jnp.max(info.iterations),
-                                                  "fell_back": jnp.any(info.fell_back)})
+            self.sow(nnx.Intermediate, "solver_info", {
+                "iterations": jnp.zeros((), jnp.int32) if info is None else jnp.max(info.iterations),
+                "fell_back": jnp.zeros((), bool) if info is None else jnp.any(info.fell_back)})
         y = cell.output(hs)
         return (y, hs[:, -1]) if return_state else y
+
+    def _scan(self, params, x, h0):
+        """The sequential solve: ``lax.scan`` over time with the input projection inside the
+        loop, like ``nnx.RNN`` — 3–4× faster on CPU than scanning precomputed projections,
+        which are 3–4× larger than ``x`` and must be transposed to time-major first."""
+        cell = self.cell
+        step = jax.vmap(cell.step, in_axes=(0, 0, None))
+
+        def body(h, x_t):
+            h = step(h, cell.project(params, x_t), params)
+            return h, h
+
+        _, hs = jax.lax.scan(body, h0, jnp.swapaxes(x, 0, 1))
+        return jnp.swapaxes(hs, 0, 1)
 
     def step(self, h: jax.Array | None, x_t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """One time step for recurrent inference, O(1) memory per token.
