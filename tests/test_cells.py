@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 import pararnn
-from pararnn.cells import ElmanCell, GRUCell, LSTMCell, ParaGRUCell, ParaLSTMCell
+from pararnn.cells import ElmanCell, GRUCell, LSTMCell, MinGRUCell, ParaGRUCell, ParaLSTMCell
 
 CELLS = {
     "paragru": ParaGRUCell(6, 8, num_heads=2),
@@ -15,6 +15,7 @@ CELLS = {
     "gru": GRUCell(6, 8),
     "lstm": LSTMCell(6, 8),
     "elman": ElmanCell(6, 8),
+    "mingru": MinGRUCell(6, 8, num_heads=2),
 }
 
 
@@ -24,14 +25,14 @@ def _sig(v):
 
 def np_project(name, p, x):
     """Independent NumPy input projections (loops over heads, no reshapes shared with the lib)."""
-    if name in ("paragru", "paralstm"):
+    if name in ("paragru", "paralstm", "mingru"):
         heads, per_in, per_out = p["B"].shape
-        hidden = p["b"].shape[1]
+        gates, hidden = p["b"].shape
         per_h = hidden // heads
-        u = np.zeros((3, hidden))
+        u = np.zeros((gates, hidden))
         for g in range(heads):
-            y = x[g * per_in:(g + 1) * per_in] @ p["B"][g]  # (3 * per_h,)
-            for k in range(3):
+            y = x[g * per_in:(g + 1) * per_in] @ p["B"][g]  # (gates * per_h,)
+            for k in range(gates):
                 u[k, g * per_h:(g + 1) * per_h] = y[k * per_h:(k + 1) * per_h]
         return u + p["b"]
     return x @ p["W_i"] + p["b"]
@@ -60,6 +61,9 @@ def np_step(name, h, u, p, d=8):
         i, f, g, o = _sig(y[:d]), _sig(y[d:2 * d]), np.tanh(y[2 * d:3 * d]), _sig(y[3 * d:])
         c2 = f * c + i * g
         return np.concatenate([c2, o * np.tanh(c2)])
+    if name == "mingru":
+        z = _sig(u[0])
+        return (1 - z) * h + z * u[1]
     return np.tanh(h @ p["W_h"] + u)  # elman
 
 

@@ -10,7 +10,7 @@ from flax import nnx
 import pararnn.nn as pnn
 
 LAYERS = {"ParaGRU": pnn.ParaGRU, "ParaLSTM": pnn.ParaLSTM, "GRU": pnn.GRU, "LSTM": pnn.LSTM,
-          "Elman": pnn.Elman}
+          "Elman": pnn.Elman, "MinGRU": pnn.MinGRU}
 B, T, IN, H = 2, 50, 4, 6
 
 
@@ -107,12 +107,13 @@ def test_nnx_vmap_and_remat():
 # Documented in README (measured at init on unit-normal inputs, float32): Newton takes 3
 # iterations for every cell, quasi-Newton 11-16 for the dense ones. Bounds leave one spare.
 INIT_ITERATION_BOUNDS = [("ParaGRU", "newton", 4), ("ParaLSTM", "newton", 4), ("GRU", "newton", 4),
-                         ("GRU", "quasi", 17), ("LSTM", "quasi", 17), ("Elman", "quasi", 17)]
+                         ("GRU", "quasi", 17), ("LSTM", "quasi", 17), ("Elman", "quasi", 17),
+                         ("MinGRU", "newton", 1)]  # linear: one Newton step is the exact solve
 
 
 @pytest.mark.parametrize("name,method,bound", INIT_ITERATION_BOUNDS)
 def test_init_converges_in_few_newton_iterations(name, method, bound):
-    kw = {} if name.startswith("Para") else {"method": method}
+    kw = {} if name.startswith(("Para", "Min")) else {"method": method}
     layer = LAYERS[name](16, 32, param_dtype=jnp.float32, sow_info=True, rngs=nnx.Rngs(0), **kw)
     x = jax.random.normal(jax.random.key(0), (4, 1024, 16), jnp.float32)
     _, intermediates = nnx.capture(layer, nnx.Intermediate)(x)

@@ -73,6 +73,11 @@ class Cell:
     #: None means autodiff.
     jacobian: ClassVar[Callable | None] = None
 
+    #: Whether layers pass the hand-written ``jacobian`` to the solver (True) or let it
+    #: differentiate ``step`` in the declared structure (False) — whichever measured faster
+    #: (``benchmarks/jacobians.py``); both are exact.
+    solve_with_hand_jacobian: ClassVar[bool] = True
+
     #: Optional ``jacobian_diagonal(h, u, params)``: only the diagonal of ∂step/∂h, shaped
     #: like the state; quasi-Newton iterates with it (O(D) instead of O(D²) per step).
     jacobian_diagonal: ClassVar[Callable | None] = None

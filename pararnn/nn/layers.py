@@ -4,7 +4,7 @@ LSTM, Elman (classic dense recurrences). Constructor and call signatures are doc
 
 from __future__ import annotations
 
-from ..cells import ElmanCell, GRUCell, LSTMCell, ParaGRUCell, ParaLSTMCell
+from ..cells import ElmanCell, GRUCell, LSTMCell, MinGRUCell, ParaGRUCell, ParaLSTMCell
 from .recurrent import RecurrentLayer
 
 
@@ -26,6 +26,13 @@ class ParaLSTM(RecurrentLayer):
     Jacobian over [c, h]). Options as ParaGRU. The state is ``(batch, 2, hidden)``."""
 
     cell_type = ParaLSTMCell
+
+
+class MinGRU(RecurrentLayer):
+    """Linear diagonal recurrence ``h' = (1 − z)⊙h + z⊙ĥ`` with ``z``, ``ĥ`` from the input
+    only (the linear-RNN baseline); one Newton step solves it exactly. Option ``num_heads``."""
+
+    cell_type = MinGRUCell
 
 
 class GRU(RecurrentLayer):

@@ -164,7 +164,8 @@ class RecurrentLayer(nnx.Module):
             info = None
         else:
             u = cell.project(params, x)
-            jacobian = cell.jacobian if cell.jacobian is not None else cell.structure
+            hand = cell.jacobian is not None and cell.solve_with_hand_jacobian
+            jacobian = cell.jacobian if hand else cell.structure
 
             def solve_one(u_b, h_b):
                 return solve(cell.step, h_b, u_b, params, jacobian=jacobian, method=method,

@@ -1,0 +1,91 @@
+"""Parameter counts and memory estimates from abstract shapes (nothing is allocated)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+
+import jax
+import jax.numpy as jnp
+
+from .config import Config
+
+GiB = 2 ** 30
+
+
+def param_breakdown(abstract_params) -> "OrderedDict[str, int]":
+    """Parameter counts grouped by top-level module (blocks are grouped per index)."""
+    groups: OrderedDict[str, int] = OrderedDict()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params):
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        name = keys[0] if keys[0] != "blocks" else f"blocks.{keys[1]}"
+        groups[name] = groups.get(name, 0) + math.prod(leaf.shape)
+    return groups
+
+
+def count_params(abstract_params) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract_params))
+
+
+def _itemsize(name: str) -> int:
+    return jnp.dtype(name).itemsize
+
+
+def activation_bytes(cfg: Config, batch_per_device: int) -> int:
+    """A rough upper estimate of the activations kept for the backward pass on one device.
+
+    Per layer and token: the mixer stores ~12·d values (projections, conv, gates, states,
+    Jacobians) and the SwiGLU ~3·h; with ``remat`` only the block input survives per layer,
+    plus one layer's worth during its recomputation. Logits and their gradient are float32.
+    """
+    m, d = cfg.model, cfg.model.d_model
+    h = m.mlp_hidden or 64 * math.ceil(8 * d / 3 / 64)
+    tokens = batch_per_device * cfg.data.seq_len // max(cfg.optim.grad_accum, 1)
+    per_layer = (12 * d + 3 * h) * _itemsize(m.dtype)
+    if m.remat:
+        layers = m.n_layers * d * _itemsize(m.dtype) + per_layer
+    else:
+        layers = m.n_layers * per_layer
+    return tokens * (layers + 2 * m.vocab_size * 4)
+
+
+def estimate_bytes_per_device(cfg: Config, n_params: int, n_devices: int, fsdp: int) -> dict:
+    """Bytes per device: parameters, gradients and AdamW's two moments sharded over ``fsdp``,
+    plus activations for this device's share of the batch."""
+    p_bytes = n_params * _itemsize(cfg.model.param_dtype)
+    params = p_bytes / fsdp
+    grads = p_bytes / fsdp
+    optimizer = 2 * n_params * _itemsize(cfg.model.param_dtype) / fsdp
+    batch_per_device = max(cfg.data.batch_size // max(n_devices, 1), 1)
+    acts = activation_bytes(cfg, batch_per_device)
+    total = params + grads + optimizer + acts
+    return {"params": params, "grads": grads, "optimizer": optimizer, "activations": acts, "total": total}
+
+
+def device_memory_bytes() -> tuple[int | None, str]:
+    """Usable memory of one local device, and where the number came from."""
+    dev = jax.local_devices()[0]
+    try:
+        stats = dev.memory_stats()
+    except Exception:
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"{dev.device_kind} memory_stats"
+    try:
+        with open("/proc/meminfo") as f:
+            text = f.read()
+        kb = int(re.search(r"MemAvailable:\s+(\d+) kB", text).group(1))
+        return kb * 1024 // max(jax.local_device_count(), 1), "host RAM (MemAvailable) / local devices"
+    except (OSError, AttributeError):
+        return None, "unknown"
+
+
+def fit_suggestion(cfg: Config, n_params: int, device_gib: float = 80.0) -> str:
+    """Smallest fsdp degree (a power of two) on ``device_gib`` devices that would fit."""
+    for fsdp in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
+        need = estimate_bytes_per_device(cfg, n_params, fsdp, fsdp)["total"]
+        if need <= 0.9 * device_gib * GiB:
+            return (f"it fits on {fsdp} devices of {device_gib:.0f} GiB with --set mesh.fsdp={fsdp} "
+                    f"(~{need / GiB:.1f} GiB each)")
+    return f"it needs more than 512 devices of {device_gib:.0f} GiB"

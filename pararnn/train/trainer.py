@@ -1,0 +1,261 @@
+"""The training loop: sharded jitted steps, metrics one step late, checkpoints, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ..models import LanguageModel
+from . import data as data_lib
+from .checkpoint import Checkpointer, abstract_with_shardings
+from .config import Config, ConfigError, config_to_dict
+from .memory import GiB, count_params, device_memory_bytes, estimate_bytes_per_device, fit_suggestion
+from .mesh import batch_sharding, local_rows, make_mesh, mesh_devices, replicated, state_shardings, to_global
+from .metrics import MetricsWriter, Progress, peak_flops_per_device, train_flops_per_token
+from .optim import lm_loss, make_optimizer, schedule
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, not enough memory); the message says why."""
+
+
+def build_model(cfg: Config, vocab_size: int, rngs: nnx.Rngs, sow_info: bool = False) -> LanguageModel:
+    m = cfg.model
+    return LanguageModel(vocab_size=vocab_size, d_model=m.d_model, n_layers=m.n_layers, mlp_hidden=m.mlp_hidden,
+                         cell=m.cell, num_heads=m.num_heads, conv_kernel=m.conv_kernel,
+                         max_recurrent_norm=m.max_recurrent_norm, mode=m.mode, solver_method=m.solver_method,
+                         dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), remat=m.remat,
+                         init_std=m.init_std, sow_info=sow_info, rngs=rngs)
+
+
+def abstract_params(cfg: Config, vocab_size: int):
+    """(graphdef, parameter ShapeDtypeStructs) without allocating anything."""
+    model = nnx.eval_shape(lambda: build_model(cfg, vocab_size, nnx.Rngs(0), sow_info=True))
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, params
+
+
+def check_batch(cfg: Config, n_devices: int) -> None:
+    b, acc = cfg.data.batch_size, cfg.optim.grad_accum
+    if acc < 1 or b % acc:
+        raise ConfigError(f"optim.grad_accum={acc} must be >= 1 and divide data.batch_size={b}.")
+    if (b // acc) % n_devices:
+        raise ConfigError(f"data.batch_size / optim.grad_accum = {b // acc} sequences per micro-batch must "
+                          f"be divisible by the {n_devices} devices of the mesh.")
+
+
+def memory_preflight(cfg: Config, n_params: int, n_devices: int, fsdp: int) -> dict:
+    need = estimate_bytes_per_device(cfg, n_params, n_devices, fsdp)
+    have, source = device_memory_bytes()
+    if have is not None and need["total"] > have:
+        raise TrainingError(
+            f"not enough memory: config {cfg.name!r} ({n_params / 1e9:.2f} B parameters) needs about "
+            f"{need['total'] / GiB:.1f} GiB per device (parameters {need['params'] / GiB:.1f}, gradients "
+            f"{need['grads'] / GiB:.1f}, AdamW state {need['optimizer'] / GiB:.1f}, activations "
+            f"{need['activations'] / GiB:.1f}) on {n_devices} device(s) with mesh.fsdp={fsdp}, but a device "
+            f"here has {have / GiB:.1f} GiB ({source}). {fit_suggestion(cfg, n_params)}."
+        )
+    return need
+
+
+class _Preemption:
+    """SIGTERM → finish the current step, save a checkpoint, exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def make_steps(cfg: Config, graphdef, optimizer, sched, mesh, shardings):
+    """The jitted ``train_step(state, batch) -> (state, metrics)`` (state donated) and
+    ``eval_step(params, batch) -> metrics`` over ``mesh``; batches are dicts of
+    ``inputs``/``targets``/``mask`` arrays of shape (global batch, seq_len)."""
+    acc, z = cfg.optim.grad_accum, cfg.optim.z_loss
+
+    def loss_fn(params, mb):
+        model = nnx.merge(graphdef, params)
+        logits, inter = nnx.capture(model, nnx.Intermediate)(mb["inputs"])
+        loss, metrics = lm_loss(logits, mb["targets"], mb["mask"], z)
+        infos = [v for path, v in jax.tree_util.tree_leaves_with_path(inter) if "iterations" in jax.tree_util.keystr(path)]
+        metrics["newton_iterations"] = (jnp.max(jnp.stack([jnp.max(i) for i in infos]))
+                                        if infos else jnp.zeros((), jnp.int32))
+        return loss, metrics
+
+    def train_step(state, batch):
+        micro = jax.tree_util.tree_map(lambda x: x.reshape((acc, x.shape[0] // acc) + x.shape[1:]), batch)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+        def accumulate(carry, mb):
+            (_, metrics), grads = grad_fn(state["params"], mb)
+            return jax.tree_util.tree_map(jnp.add, carry, grads), metrics
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state["params"])
+        grads, metrics = jax.lax.scan(accumulate, zeros, micro)
+        grads = jax.tree_util.tree_map(lambda g: g / acc, grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        out = {k: jnp.mean(v) for k, v in metrics.items() if k != "newton_iterations"}
+        out["newton_iterations"] = jnp.max(metrics["newton_iterations"])
+        out["grad_norm"] = optax.tree.norm(grads)
+        out["lr"] = sched(state["step"])
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, out
+
+    def eval_step(params, batch):
+        return loss_fn(params, batch)[1]
+
+    bs, rep = batch_sharding(mesh), replicated(mesh)
+    train_jit = jax.jit(train_step, in_shardings=(shardings, bs), out_shardings=(shardings, rep), donate_argnums=0)
+    eval_jit = jax.jit(eval_step, in_shardings=(shardings["params"], bs), out_shardings=rep)
+    return train_jit, eval_jit
+
+
+def train(cfg: Config, workdir: str) -> dict:
+    """Train per ``cfg`` in ``workdir`` (resuming from its latest checkpoint). Returns a summary."""
+    graphdef, abstract = abstract_params(cfg, cfg.model.vocab_size)
+    n_params = count_params(abstract)
+    # Memory first (before the mesh, data or any allocation): what this machine can hold.
+    n_avail = len(mesh_devices(cfg.mesh))
+    memory_preflight(cfg, n_params, n_avail, cfg.mesh.fsdp if n_avail % cfg.mesh.fsdp == 0 else 1)
+    mesh = make_mesh(cfg.mesh)
+    n_devices = mesh.size
+    check_batch(cfg, n_devices)
+    steps = cfg.train.steps
+    data = data_lib.load_data(cfg.data, max_train_sequences=steps * cfg.data.batch_size)
+    if data.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocabulary "
+                          f"({data.vocab_size}); set --set model.vocab_size={data.vocab_size}.")
+    os.makedirs(workdir, exist_ok=True)
+
+    optimizer = make_optimizer(cfg.optim, steps)
+    sched = schedule(cfg.optim, steps)
+    abstract_state = {"params": abstract, "opt_state": jax.eval_shape(optimizer.init, abstract),
+                      "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    shardings = state_shardings(mesh, abstract_state)
+
+    @jax.jit
+    def init_state():
+        model = build_model(cfg, cfg.model.vocab_size, nnx.Rngs(cfg.train.seed), sow_info=True)
+        params = nnx.split(model, nnx.Param)[1]
+        return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+    ckpt = Checkpointer(workdir, cfg.train.keep_checkpoints)
+    start = ckpt.latest_step()
+    if start is not None:
+        state, meta = ckpt.restore(start, abstract_with_shardings(abstract_state, shardings))
+        if meta.get("seed") != cfg.train.seed or meta.get("data_seed") != cfg.data.seed:
+            raise ConfigError(f"workdir {workdir!r} holds a run with train.seed={meta.get('seed')}, "
+                              f"data.seed={meta.get('data_seed')}; use a new --workdir to change seeds.")
+        if meta.get("data_position") != start * cfg.data.batch_size:
+            raise ConfigError(f"workdir {workdir!r} was trained with a different data.batch_size "
+                              f"(data position {meta.get('data_position')} at step {start}).")
+    else:
+        state = jax.jit(init_state, out_shardings=shardings)()
+        start = 0
+    train_step, eval_step = make_steps(cfg, graphdef, optimizer, sched, mesh, shardings)
+
+    writer = MetricsWriter(workdir, start if start else None)
+    progress = Progress(steps, start, cfg.train.progress, cfg.train.log_every)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    peak = peak_flops_per_device()
+    flops_per_token = train_flops_per_token(n_params)
+    b, rows = cfg.data.batch_size, local_rows(cfg.data.batch_size)
+    if start:
+        progress.message(f"resumed from step {start} ({ckpt.directory})")
+
+    def meta_for(step):
+        return {"step": step, "data_position": step * b, "seed": cfg.train.seed, "data_seed": cfg.data.seed,
+                "config": config_to_dict(cfg)}
+
+    def evaluate(params):
+        n_eval = len(data.eval)
+        results = []
+        for i in range(cfg.data.eval_batches):
+            batch = data_lib.get_batch(data.eval, (i * b) % n_eval, b, seed=0, rows=rows)
+            results.append(jax.device_get(eval_step(params, to_global(batch, mesh, b))))
+        return {f"eval_{k}": float(np.mean([r[k] for r in results])) for k in ("loss", "accuracy")}
+
+    last_good, pending, t_last, last_record = start, None, time.time(), None
+    summary: dict[str, Any] = {"start_step": start}
+
+    def finish(pending_item) -> dict:
+        """Fetch a step's metrics (one step late), check them, log them."""
+        nonlocal t_last
+        step, metrics = pending_item
+        record = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(record["loss"]):
+            raise TrainingError(
+                f"loss became {record['loss']} at step {step}; stopping. The last good checkpoint is step "
+                f"{last_good} in {ckpt.directory} (lower optim.lr, or check the data).")
+        now = time.time()
+        record["step"] = step
+        record["tokens_per_sec"] = tokens_per_step / max(now - t_last, 1e-9)
+        t_last = now
+        if peak:
+            record["mfu"] = record["tokens_per_sec"] * flops_per_token / (peak * n_devices)
+        return record
+
+    with _Preemption() as preempt:
+        try:
+            for s in range(start, steps):
+                batch = to_global(data_lib.get_batch(data.train, s * b, b, cfg.data.seed, rows), mesh, b)
+                state, metrics = train_step(state, batch)
+                done = s + 1
+                if pending is not None:
+                    record = finish(pending)
+                    if record["step"] % cfg.train.log_every == 0 or record["step"] == start + 1:
+                        writer.write(record)
+                    progress.update(record["step"], record)
+                    last_record = record
+                pending = (done, metrics)
+                stopping = preempt.requested or done == cfg.train.stop_after
+                at_ckpt = done % cfg.train.checkpoint_every == 0 or done == steps or stopping
+                at_eval = cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == steps)
+                if at_ckpt or at_eval:
+                    record = finish(pending)  # synchronous here: never save a non-finite state
+                    pending = None
+                    if at_eval:
+                        record.update(evaluate(state["params"]))
+                    writer.write(record)
+                    progress.update(done, record)
+                    last_record = record
+                    if at_ckpt:
+                        ckpt.save(done, state, meta_for(done), wait=stopping)
+                        last_good = done
+                if stopping:
+                    reason = "SIGTERM" if preempt.requested else f"train.stop_after={done}"
+                    progress.message(f"{reason}: saved checkpoint at step {done}; exiting.")
+                    summary["preempted"] = preempt.requested
+                    break
+            if pending is not None:
+                writer.write(finish(pending))
+        finally:
+            progress.close()
+            ckpt.close()
+    summary.update({"final_step": last_good, "last": last_record, "params": n_params, "workdir": workdir})
+    return summary
+
+
