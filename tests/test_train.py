@@ -104,6 +104,7 @@ def long_reference(tmp_path_factory):
     return losses(workdir)
 
 
+@pytest.mark.slow  # subprocess runs; CI runs the slow stage too
 def test_resume_after_kill_9_is_bitwise(long_reference, tmp_path):
     workdir = str(tmp_path)
     proc = _start(workdir, "train.steps=300", "train.checkpoint_every=20")
@@ -114,6 +115,7 @@ def test_resume_after_kill_9_is_bitwise(long_reference, tmp_path):
     assert losses(workdir) == long_reference
 
 
+@pytest.mark.slow  # subprocess runs; CI runs the slow stage too
 def test_sigterm_saves_a_checkpoint_and_resume_is_bitwise(long_reference, tmp_path):
     workdir = str(tmp_path)
     proc = _start(workdir, "train.steps=300", "train.checkpoint_every=20")
@@ -127,6 +129,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bitwise(long_reference, tmp_pa
     assert losses(workdir) == long_reference
 
 
+@pytest.mark.slow  # subprocess runs; CI runs the slow stage too
 def test_two_processes_on_localhost(reference, tmp_path):
     """jax.distributed.initialize over localhost: 2 processes × 2 CPU devices, data × fsdp."""
     workdir = str(tmp_path)
