@@ -45,3 +45,22 @@ def test_readme_layer_example_runs_and_streams():
     assert out.startswith("(8, 1000, 64) ") and out.endswith("(8, 64)"), out
     errs = [float(v) for v in out[len("(8, 1000, 64) "):-len(" (8, 64)")].split()]
     assert max(errs) < 1e-4  # float32, default tol
+
+
+DOC_PAGES = sorted(f for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_docs_page_examples_run(page):
+    """Every python example on a docs/ page runs as written (fresh interpreter, JAX defaults)."""
+    text = open(os.path.join(ROOT, "docs", page)).read()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, f"docs/{page} has no python example"
+    for code in blocks:
+        _run(code)
+
+
+def test_readme_links_every_docs_page():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert DOC_PAGES and all(f"docs/{p}" in readme for p in DOC_PAGES)

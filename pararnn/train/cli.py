@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--spawn-from", default=None, metavar="DIR",
+                   help="start from the checkpoint of another run (its workdir; train.spawn_step picks the "
+                        "step, default the latest); combine with --set data.order_seed=N for a spawned pair")
     p.add_argument("--dry-run", action="store_true",
                    help="build the model abstractly, print parameter and memory estimates, exit")
     return p
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.steps < 1:
                 raise ConfigError(f"--steps must be >= 1, got {args.steps}.")
             cfg = apply_overrides(cfg, [f"train.steps={args.steps}"])
+        if args.spawn_from is not None:
+            cfg.train.spawn_from = args.spawn_from
         if args.dry_run:
             dry_run(cfg)
             return 0

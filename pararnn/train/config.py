@@ -64,6 +64,8 @@ class DataConfig:
     task_length: int = 64  # parity / mqar: input length
     mqar_pairs: int = 8  # mqar: key-value pairs per example
     seed: int = 0
+    order_seed: int | None = None  # seed of the training batches' order (None: data.seed); spawned
+    #                                runs differ only in it
 
 
 @dataclasses.dataclass
@@ -91,6 +93,8 @@ class TrainConfig:
     progress: bool = True  # tqdm bar (degrades to log lines when not a terminal)
     stop_after: int | None = None  # stop cleanly (with a checkpoint) after this step; the
     #                                schedule still spans train.steps (time-boxed jobs)
+    spawn_from: str | None = None  # start from another run's checkpoint (its workdir); see train/spawn.py
+    spawn_step: int | None = None  # the checkpoint step to spawn from (None: its latest)
 
 
 @dataclasses.dataclass

@@ -162,16 +162,25 @@ def train(cfg: Config, workdir: str) -> dict:
         params = nnx.split(model, nnx.Param)[1]
         return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
 
+    # the training batches' order (data.order_seed; by default data.seed, as before)
+    order_seed = cfg.data.seed if cfg.data.order_seed is None else cfg.data.order_seed
     ckpt = Checkpointer(workdir, cfg.train.keep_checkpoints)
-    start = ckpt.latest_step()
+    start, spawned = ckpt.latest_step(), False
     if start is not None:
         state, meta = ckpt.restore(start, abstract_with_shardings(abstract_state, shardings))
         if meta.get("seed") != cfg.train.seed or meta.get("data_seed") != cfg.data.seed:
             raise ConfigError(f"workdir {workdir!r} holds a run with train.seed={meta.get('seed')}, "
                               f"data.seed={meta.get('data_seed')}; use a new --workdir to change seeds.")
+        if meta.get("order_seed", meta.get("data_seed")) != order_seed:
+            raise ConfigError(f"workdir {workdir!r} holds a run with data order seed {meta.get('order_seed')}, "
+                              f"not {order_seed}; use a new --workdir to change seeds.")
         if meta.get("data_position") != start * cfg.data.batch_size:
             raise ConfigError(f"workdir {workdir!r} was trained with a different data.batch_size "
                               f"(data position {meta.get('data_position')} at step {start}).")
+    elif cfg.train.spawn_from:
+        from .spawn import restore_spawn_state
+        state, start, _ = restore_spawn_state(cfg, abstract_state, shardings)
+        spawned = True
     else:
         state = jax.jit(init_state, out_shardings=shardings)()
         start = 0
@@ -183,12 +192,14 @@ def train(cfg: Config, workdir: str) -> dict:
     peak = peak_flops_per_device()
     flops_per_token = train_flops_per_token(n_params)
     b, rows = cfg.data.batch_size, local_rows(cfg.data.batch_size)
-    if start:
+    if spawned:
+        progress.message(f"spawned from step {start} of {cfg.train.spawn_from} (data order seed {order_seed})")
+    elif start:
         progress.message(f"resumed from step {start} ({ckpt.directory})")
 
     def meta_for(step):
         return {"step": step, "data_position": step * b, "seed": cfg.train.seed, "data_seed": cfg.data.seed,
-                "config": config_to_dict(cfg)}
+                "order_seed": order_seed, "config": config_to_dict(cfg)}
 
     def evaluate(params):
         n_eval = len(data.eval)
@@ -199,7 +210,7 @@ def train(cfg: Config, workdir: str) -> dict:
         return {f"eval_{k}": float(np.mean([r[k] for r in results])) for k in ("loss", "accuracy")}
 
     last_good, pending, t_last, last_record = start, None, time.time(), None
-    summary: dict[str, Any] = {"start_step": start}
+    summary: dict[str, Any] = {"start_step": start, "spawned": spawned}
 
     def finish(pending_item) -> dict:
         """Fetch a step's metrics (one step late), check them, log them."""
@@ -221,7 +232,7 @@ def train(cfg: Config, workdir: str) -> dict:
     with _Preemption() as preempt:
         try:
             for s in range(start, steps):
-                batch = to_global(data_lib.get_batch(data.train, s * b, b, cfg.data.seed, rows), mesh, b)
+                batch = to_global(data_lib.get_batch(data.train, s * b, b, order_seed, rows), mesh, b)
                 state, metrics = train_step(state, batch)
                 done = s + 1
                 if pending is not None:
