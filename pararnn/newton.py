@@ -284,9 +284,13 @@ def _shift(h0: jax.Array, hs: jax.Array) -> jax.Array:
 
 
 def _residual(fh: jax.Array, hs: jax.Array) -> jax.Array:
-    """``max_t max|step(hs[t−1]) − hs[t]|`` (float32 at least)."""
+    """``max_t max|step(hs[t−1]) − hs[t]|`` (float32 at least); ``inf`` if any entry is NaN/Inf.
+
+    The finiteness test is explicit because XLA:CPU's vectorised max reduction does not
+    propagate NaN (an all-NaN array reduces to −inf), which would read as converged."""
     dt = jnp.float64 if hs.dtype == jnp.float64 else jnp.float32
-    return jnp.max(jnp.abs(fh.astype(dt) - hs.astype(dt)))
+    diff = jnp.abs(fh.astype(dt) - hs.astype(dt))
+    return jnp.where(jnp.all(jnp.isfinite(diff)), jnp.max(diff), jnp.asarray(jnp.inf, dt))
 
 
 def _within_tol(res: jax.Array, hs: jax.Array, tol: float) -> jax.Array:
@@ -294,7 +298,8 @@ def _within_tol(res: jax.Array, hs: jax.Array, tol: float) -> jax.Array:
     relative beyond, because rounding in the step scales with the state (an LSTM cell state
     of 100 cannot be resolved to 1e-5 absolute in float32)."""
     scale = jnp.maximum(jnp.max(jnp.abs(hs)).astype(res.dtype), 1)
-    return jnp.isfinite(scale) & (res <= tol * scale)  # res <= tol·inf would pass
+    # res is inf when any state is NaN/Inf (see _residual); res <= tol·inf would pass
+    return jnp.isfinite(res) & jnp.isfinite(scale) & (res <= tol * scale)
 
 
 def _not_converged_message(residual, iterations, tol) -> str:

@@ -141,3 +141,32 @@ def test_xla_does_not_hoist_the_fallback_out_of_its_branch():
     newton_only = _top_level_loops(solve("none"), xs)
     with_fallback = _top_level_loops(solve("sequential"), xs)
     assert with_fallback == newton_only + 1  # the branch's own loop, nothing hoisted from it
+
+
+def test_nan_states_are_never_reported_as_converged():
+    """A float32 dense tanh recurrence on pre-activations, z_t = W tanh(z_{t−1}) + u_t and gain
+    1.5 (mildly chaotic): Newton's linear solve overflows to NaN in part of the sequence. XLA:CPU's
+    max reduction drops NaNs (an all-NaN block reduces to −inf), so a plain max residual read as
+    converged; the solver must fall back and return the (finite) sequential answer."""
+    rng = np.random.default_rng(0)
+    d, t = 16, 1000
+    w = jnp.asarray(1.5 * rng.normal(size=(d, d)) / np.sqrt(d), jnp.float32)
+    u = jnp.asarray(rng.binomial(1, 0.5, size=(t, 1)) * rng.normal(size=(1, d)), jnp.float32)
+
+    def step(z, u_t, w):
+        return w @ jnp.tanh(z) + u_t
+
+    z0 = jnp.zeros(d, jnp.float32)
+    hs, info = pararnn.solve(step, z0, u, w, jacobian="dense", return_info=True)
+    ref = np.zeros(d)
+    for u_t in np.asarray(u, np.float64):  # float64 loop reference
+        ref = np.asarray(w, np.float64) @ np.tanh(ref) + u_t
+    assert bool(jnp.isfinite(hs).all())
+    assert bool(info.fell_back) and not bool(info.converged)
+    # float32 through 1000 steps of a marginally stable map: chaos amplifies rounding, so only
+    # the final state's order of magnitude is comparable; finiteness is the point of the test.
+    assert np.abs(np.asarray(hs[-1], np.float64)).max() < 10 * max(1.0, np.abs(ref).max())
+    hs_none, info_none = pararnn.solve(step, z0, u, w, jacobian="dense", fallback="none",
+                                       return_info=True)
+    assert not bool(jnp.isfinite(hs_none).all())  # the case this test is about does occur
+    assert not bool(info_none.converged) and float(info_none.residual) == np.inf
