@@ -198,6 +198,15 @@ def _build(cls, values: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+def build_config(cls: type, values: dict, prefix: str = ""):
+    """Build the dataclass ``cls`` (nested dataclasses allowed) from a plain dict, strictly:
+    unknown keys (with the closest valid one suggested) and wrong types raise ConfigError
+    naming the key. Shared by the training config and the experiment configs."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}.")
+    return _build(cls, values, prefix)
+
+
 def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
