@@ -108,11 +108,24 @@ class _Block(Structure):
                 f"got shape {tuple(state_shape)}."
             )
 
+    # Blocks up to this size are multiplied as K unrolled elementwise products: XLA lowers the
+    # batched K×K einsum to many tiny matmuls, measured 2–100× slower on CPU for K = 2…16
+    # (worst at K = 4–6); the elementwise form fuses into one loop over the batch.
+    unroll_max: ClassVar[int] = 16
+
     def apply(self, a, h):
-        return jnp.einsum("...nij,...jn->...in", a, h, precision=_PRECISION)
+        k = a.shape[-1]
+        if k > self.unroll_max:
+            return jnp.einsum("...nij,...jn->...in", a, h, precision=_PRECISION)
+        # out[i, n] = Σ_j a[n, i, j] h[j, n]
+        return sum(jnp.swapaxes(a[..., j], -1, -2) * h[..., j : j + 1, :] for j in range(k))
 
     def compose(self, a2, a1):
-        return jnp.einsum("...nij,...njk->...nik", a2, a1, precision=_PRECISION)
+        k = a2.shape[-1]
+        if k > self.unroll_max:
+            return jnp.einsum("...nij,...njk->...nik", a2, a1, precision=_PRECISION)
+        # out[n, i, l] = Σ_j a2[n, i, j] a1[n, j, l]
+        return sum(a2[..., :, j, None] * a1[..., None, j, :] for j in range(k))
 
     def transpose(self, a):
         return jnp.swapaxes(a, -1, -2)
