@@ -1,0 +1,159 @@
+"""Static hypernetworks: MIP encoding and output scale, generated parameters with exactly the
+target's structure, the RNN hypernetwork's parallel chunk recurrence, the continual-learning
+regulariser, and errors for wrong shapes."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import pararnn.nn as pnn
+from pararnn.hyper import (MIPHyperNetwork, MLPHyperNetwork, OutputRegularizer, RNNHyperNetwork,
+                           TargetSpec, mip_encoding)
+
+K = 3  # conditioning features
+F64 = jnp.float64
+
+
+class Target(nnx.Module):
+    """A small sequence classifier: ParaGRU → last state → Linear."""
+
+    def __init__(self, hidden=4, rngs=None):
+        # the target's own solver is tested elsewhere: the cheap sequential scan here
+        self.rnn = pnn.ParaGRU(2, hidden, mode="sequential", param_dtype=F64, rngs=rngs)
+        self.out = nnx.Linear(hidden, 2, param_dtype=F64, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.rnn(x)[:, -1])
+
+
+def make(cls, **kw):
+    if cls is RNNHyperNetwork:
+        kw.setdefault("chunk_size", 16)
+    return cls(Target(rngs=nnx.Rngs(0)), K, param_dtype=F64, rngs=nnx.Rngs(1), **kw)
+
+
+def test_mip_encoding_has_constant_norm():
+    gammas = jnp.concatenate([jax.random.uniform(jax.random.key(0), (50, K), F64),
+                              1e3 * jax.random.normal(jax.random.key(1), (50, K), F64)])
+    enc = mip_encoding(gammas)
+    g = np.asarray(gammas)
+    np.testing.assert_allclose(enc, np.concatenate([np.cos(np.pi * g / 2), np.sin(np.pi * g / 2)], -1),
+                               rtol=0, atol=1e-12)
+    # cos² + sin² = 1 per feature: norm √K whatever ‖γ‖ (float64 rounding ~1e-16)
+    np.testing.assert_allclose(np.linalg.norm(enc, axis=-1), np.sqrt(K), rtol=1e-13)
+
+
+def test_mip_output_scale_does_not_grow_with_gamma_norm_but_plain_does():
+    mip, plain = make(MIPHyperNetwork), make(MLPHyperNetwork)
+    gamma = jax.random.uniform(jax.random.key(2), (K,), F64, 0.1, 1.0)
+    scales = jnp.array([1.0, 10.0, 100.0, 1000.0], F64)[:, None]
+    # Independent bound for the MIP part h(enc): ReLU is 1-Lipschitz, so
+    # ‖h(e)‖ ≤ ‖h(0)‖ + Π‖W_i‖₂ ‖e‖ with ‖e‖ = √K for every γ.
+    weights = [l.kernel[...] for l in mip.net.layers] + [mip.net.head.kernel[...]]
+    lipschitz = np.prod([np.linalg.norm(np.asarray(w), 2) for w in weights])
+
+    @nnx.jit
+    def run(mip, plain, gammas):
+        return (mip.net(jnp.zeros(2 * K, F64)), mip.delta(gammas), mip.flat(gammas) - mip.theta0[...],
+                plain.flat(gammas))
+
+    h_zero, delta, theta_minus_theta0, plain_out = run(mip, plain, scales * gamma)
+    h0 = np.linalg.norm(np.asarray(h_zero))
+    norms = np.linalg.norm(np.asarray(delta), axis=-1)
+    assert np.all(norms <= h0 + lipschitz * np.sqrt(K) + 1e-12), (norms, h0, lipschitz)
+    # and θ₀ is an independent parameter: θ − θ₀ is exactly h(enc)
+    np.testing.assert_allclose(theta_minus_theta0, delta, rtol=0, atol=1e-12)
+    # the plain ReLU hypernetwork (zero biases at init) is positively homogeneous: ×1000
+    out = np.linalg.norm(np.asarray(plain_out), axis=-1)
+    np.testing.assert_allclose(out / out[0], scales[:, 0], rtol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def hnets():
+    return {cls.__name__: make(cls) for cls in (MLPHyperNetwork, MIPHyperNetwork, RNNHyperNetwork)}
+
+
+@pytest.mark.parametrize("name", ["MLPHyperNetwork", "MIPHyperNetwork", "RNNHyperNetwork"])
+def test_generated_params_have_exactly_the_target_structure(name, hnets):
+    hnet, target = hnets[name], Target(rngs=nnx.Rngs(5))
+    gamma = jnp.array([0.2, 0.5, 0.9], F64)
+    x = jax.random.normal(jax.random.key(3), (2, 7, 2), F64)
+    params, flat, y = nnx.jit(lambda h, g, x: (h(g), h.flat(g), h.apply(g, x)))(hnet, gamma, x)
+    reference = nnx.state(target, nnx.Param)
+    assert jax.tree.structure(params) == jax.tree.structure(reference)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), params) == jax.tree.map(lambda a: (a.shape, a.dtype), reference)
+    assert hnet.num_params == sum(a.size for a in jax.tree.leaves(reference)) == 3 * 4 + 2 * 1 * 6 + 3 * 4 + 4 * 2 + 2  # a, B (heads, in/heads, 3H/heads), b; kernel, bias
+    # leaves are consecutive slices of the flat vector, in nnx.State order
+    np.testing.assert_array_equal(np.concatenate([np.ravel(l) for l in jax.tree.leaves(params)]), flat)
+    # the functional run equals the stateful module after nnx.update with those parameters
+    nnx.update(target, params)
+    np.testing.assert_allclose(y, target(x), rtol=0, atol=1e-14)
+
+
+def test_rnn_hypernetwork_parallel_chunk_solve_equals_sequential_with_grads():
+    par = make(RNNHyperNetwork, chunk_size=4)  # 46 params → 12 chunks
+    seq = make(RNNHyperNetwork, chunk_size=4, layer_options={"mode": "sequential"})
+    assert par.num_chunks == 12 and par.rnn.mode == "parallel"
+    gammas = jax.random.uniform(jax.random.key(4), (2, K), F64)
+
+    def loss(h):
+        return jnp.sum(jnp.sin(h.flat(gammas)))
+
+    grad = nnx.jit(nnx.value_and_grad(loss))
+    (lp, gp), (ls, gs) = grad(par), grad(seq)
+    # float64, solver residual ≤ 1e-13 on a 12-step contractive recurrence
+    np.testing.assert_allclose(lp, ls, rtol=1e-12)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(gp), nnx.to_flat_state(gs)):
+        np.testing.assert_allclose(a[...], b[...], rtol=0, atol=1e-10, err_msg=str(path))
+
+
+def test_output_regularizer_matches_hand_computation():
+    hnet = make(MIPHyperNetwork)
+    e = jax.random.uniform(jax.random.key(6), (2, K), F64)
+    reg = OutputRegularizer.empty(K, hnet.num_params, F64).add(hnet, e[0]).add(hnet, e[1])
+    assert reg.num_tasks == 2 and float(reg(hnet)) == 0.0
+    stored = np.asarray(reg.outputs)
+    hnet.theta0[...] = hnet.theta0[...] + 0.01  # move every output by 0.01
+    now = np.asarray(hnet.flat(e))
+    np.testing.assert_allclose(reg(hnet), np.sum((now - stored) ** 2) / 2, rtol=1e-12)
+    np.testing.assert_allclose(reg(hnet), hnet.num_params * 1e-4, rtol=1e-8)
+    # preallocated (fixed shapes for a jitted train step): unused rows do not count
+    fixed = OutputRegularizer.empty(K, hnet.num_params, F64, capacity=4)
+    fixed = dataclasses.replace(fixed, embeddings=fixed.embeddings.at[:2].set(e),
+                                outputs=fixed.outputs.at[:2].set(stored), count=reg.count)
+    np.testing.assert_allclose(jax.jit(lambda r: r(hnet))(fixed), reg(hnet), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"embedding must have shape \(3,\)"):
+        reg.add(hnet, jnp.zeros(4, F64))
+
+
+def test_wrong_shapes_get_clear_errors(hnets):
+    hnet = hnets["MIPHyperNetwork"]
+    spec = hnet.target
+    with pytest.raises(ValueError, match=r"flat parameter vector of shape \(46,\).*got shape \(45,\)"):
+        spec.unflatten(jnp.zeros(45))
+    other = nnx.state(Target(hidden=6, rngs=nnx.Rngs(0)), nnx.Param)  # wider target
+    with pytest.raises(ValueError, match=r"parameter \['out'\]\['bias'\]|parameter \['out'\]\['kernel'\] has shape \(6, 2\), the target expects \(4, 2\)"):
+        spec.apply(other, jnp.zeros((1, 3, 2)))
+    with pytest.raises(ValueError, match="missing"):
+        spec.check({"out": nnx.state(Target(rngs=nnx.Rngs(0)), nnx.Param)["out"]})
+    with pytest.raises(ValueError, match=r"gamma must have shape \(\.\.\., cond_features=3\), got \(4,\)"):
+        hnet(jnp.zeros(4))
+    with pytest.raises(ValueError, match="encoding"):
+        MLPHyperNetwork(Target(rngs=nnx.Rngs(0)), K, encoding="fourier", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="cond_features"):
+        MIPHyperNetwork(Target(rngs=nnx.Rngs(0)), 0, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="nnx.Module"):
+        TargetSpec(lambda x: x)
+
+
+def test_same_layout_specs_are_equal_so_jit_compiles_once():
+    a, b = TargetSpec(Target(rngs=nnx.Rngs(0))), TargetSpec(Target(rngs=nnx.Rngs(9)))
+    assert a == b and hash(a) == hash(b)  # values differ, layout is the same
+    assert a != TargetSpec(Target(hidden=6, rngs=nnx.Rngs(0)))
+    # non-parameter state is baked into compilations: compared by value
+    drop = lambda seed: nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Dropout(0.1, rngs=nnx.Rngs(seed)))
+    assert TargetSpec(drop(1)) == TargetSpec(drop(1)) and TargetSpec(drop(1)) != TargetSpec(drop(2))
