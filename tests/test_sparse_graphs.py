@@ -39,6 +39,7 @@ def test_graph_mask_reproducible_by_seed():
     (("erdos_renyi", 10), {"p": 0.1, "k": 2}, r"unknown parameter\(s\) \['k'\]"),
     (("erdos_renyi", 10), {"p": 1.5}, "p must be a probability"),
     (("watts_strogatz", 10), {"k": 12, "p": 0.1}, r"k must be an int in \[0, 9\], got 12"),
+    (("watts_strogatz", 10), {"k": 3, "p": 0.1}, "k .* must be even, got 3"),
     (("barabasi_albert", 10), {"m": 0}, "m must be an int"),
     (("barabasi_albert", 0), {"m": 1}, "n must be a positive int"),
 ])

@@ -115,3 +115,22 @@ def test_pruning_errors(kwargs, match):
     with pytest.raises(ValueError, match="needs params"):
         tx = magnitude_pruning(0.5)
         tx.update(make_params(), tx.init(make_params()))
+
+
+def test_default_where_prunes_only_weight_matrices_of_para_cells():
+    """ParaGRU/ParaLSTM store biases ``b``, diagonal recurrences ``a`` and peepholes ``p`` as
+    2-D (gates, H) arrays: the default selection must skip them and prune only ``B``."""
+    from flax import nnx
+    import pararnn.nn as pnn
+    for layer_cls in (pnn.ParaGRU, pnn.ParaLSTM):
+        state = nnx.state(layer_cls(4, 8, rngs=nnx.Rngs(0)), nnx.Param)
+        pruned = magnitude_prune(state, 0.5)
+        for (path, original), leaf in zip(jax.tree_util.tree_flatten_with_path(state)[0],
+                                          jax.tree_util.tree_leaves(pruned)):
+            name = [str(getattr(k, "key", getattr(k, "name", k))) for k in path
+                    if getattr(k, "name", None) != "value"][-1]
+            zeros = float(np.mean(np.asarray(leaf) == 0))
+            if name in ("a", "b", "p") or np.ndim(leaf) < 2:
+                np.testing.assert_array_equal(np.asarray(leaf), np.asarray(original))
+            else:
+                assert abs(zeros - 0.5) < 0.05, (layer_cls.__name__, name, zeros)

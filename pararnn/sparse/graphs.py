@@ -32,7 +32,8 @@ GRAPH_KINDS: dict[str, tuple[str, ...]] = {
 
 
 def _check_probability(kind: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= value <= 1.0:
         raise ValueError(f"graph_mask({kind!r}): {name} must be a probability in [0, 1], got {value!r}.")
     return float(value)
 
@@ -62,6 +63,9 @@ def random_graph(kind: str, n: int, *, seed: int = 0, **params) -> nx.Graph:
         return nx.gnp_random_graph(n, p, seed=seed)
     if kind == "watts_strogatz":
         k = _check_int(kind, "k", params["k"], 0, n - 1)
+        if k % 2:  # networkx silently uses k − 1 neighbours for odd k
+            raise ValueError(f"graph_mask('watts_strogatz'): k (ring neighbours, k/2 on each side) "
+                             f"must be even, got {k}.")
         p = _check_probability(kind, "p", params["p"])
         return nx.watts_strogatz_graph(n, k, p, seed=seed)
     m = _check_int(kind, "m", params["m"], 1, n - 1)

@@ -24,9 +24,24 @@ SCOPES = ("global", "per_leaf")
 Where = Callable[[tuple, Any], bool]
 
 
+# Leaf names that are never weight matrices even when stored 2-D: biases and norm scales, and
+# the Para cells' per-channel vectors stacked over gates — ``a`` (diagonal recurrence, (G, H)),
+# ``b`` (biases, (G, H)) and ``p`` (ParaLSTM peepholes, (2, H)).
+NOT_MATRICES = frozenset({"bias", "scale", "a", "b", "p"})
+
+
 def where_matrices(path: tuple, leaf: Any) -> bool:
-    """The default prunable set: weight matrices (ndim >= 2), not biases or norm scales."""
-    return jnp.ndim(leaf) >= 2
+    """The default prunable set: weight matrices (ndim >= 2), not biases, norm scales or the
+    Para cells' stacked per-channel vectors (leaf names in :data:`NOT_MATRICES`)."""
+    return jnp.ndim(leaf) >= 2 and _leaf_name(path) not in NOT_MATRICES
+
+
+def _leaf_name(path: tuple) -> str:
+    """The parameter's name: the last path key, skipping the ``.value`` attribute that
+    ``nnx.State`` paths end with."""
+    names = [_key_name(k) for k in path]
+    names = [n for n in names if n not in ("value", "raw_value")]
+    return names[-1] if names else ""
 
 
 def _key_name(k) -> str:
@@ -96,7 +111,10 @@ def schedule_sparsity(step, target, schedule: str, begin_step: int, end_step: in
     """``(prune_now, sparsity)`` at update ``step`` (0-based count of updates so far).
 
     - one_shot: prune once, at ``begin_step``, to ``target``.
-    - periodic: prune to ``target`` at ``begin_step + k·frequency`` (until ``end_step``).
+    - periodic: prune to ``target`` at ``begin_step + k·frequency`` (until ``end_step``). With
+      a constant target this finds the same mask as one_shot (pruned weights are held at
+      zero, so they stay the smallest); it differs when the target changes between events
+      (a traced target) — for gradual pruning use ``polynomial``.
     - polynomial: at ``begin_step + k·frequency`` and at ``end_step``, to Zhu & Gupta's cubic
       ramp ``target · (1 − (1 − (step − begin)/(end − begin))³)``, which reaches ``target``
       exactly at ``end_step``.
@@ -134,9 +152,9 @@ def magnitude_pruning(target_sparsity: float, *, schedule: str = "one_shot", beg
       target_sparsity: final fraction of zeros among the prunable weights, in [0, 1]
         (``round(target · n)`` weights are pruned).
       schedule: ``"one_shot"`` (at ``begin_step``), ``"periodic"`` (every ``frequency``
-        updates from ``begin_step`` to ``end_step``, re-ranking the live weights at the
-        target; pruned weights are zero and rank last, so once the target is reached the mask
-        changes only if live weights become exactly zero) or
+        updates from ``begin_step`` to ``end_step``; pruned weights are held at zero and rank
+        last, so with a constant target every event finds the first event's mask — it
+        differs from one_shot only when the target changes between events) or
         ``"polynomial"`` (cubic ramp from 0 at ``begin_step`` to the target at ``end_step``,
         pruning every ``frequency`` updates). Steps count updates: the first is step 0.
       begin_step, end_step: the schedule's window (``end_step`` required for polynomial).
