@@ -87,8 +87,9 @@ def test_generated_params_have_exactly_the_target_structure(name, hnets):
     assert jax.tree.structure(params) == jax.tree.structure(reference)
     assert jax.tree.map(lambda a: (a.shape, a.dtype), params) == jax.tree.map(lambda a: (a.shape, a.dtype), reference)
     assert hnet.num_params == sum(a.size for a in jax.tree.leaves(reference)) == 3 * 4 + 2 * 1 * 6 + 3 * 4 + 4 * 2 + 2  # a, B (heads, in/heads, 3H/heads), b; kernel, bias
-    # leaves are consecutive slices of the flat vector, in nnx.State order
-    np.testing.assert_array_equal(np.concatenate([np.ravel(l) for l in jax.tree.leaves(params)]), flat)
+    # leaves are consecutive slices of the flat vector, in the target's definition order
+    leaves = jax.tree.leaves(params)
+    np.testing.assert_array_equal(np.concatenate([np.ravel(leaves[i]) for i in hnet.target.order]), flat)
     # the functional run equals the stateful module after nnx.update with those parameters
     nnx.update(target, params)
     np.testing.assert_allclose(y, target(x), rtol=0, atol=1e-14)
@@ -157,3 +158,31 @@ def test_same_layout_specs_are_equal_so_jit_compiles_once():
     # non-parameter state is baked into compilations: compared by value
     drop = lambda seed: nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Dropout(0.1, rngs=nnx.Rngs(seed)))
     assert TargetSpec(drop(1)) == TargetSpec(drop(1)) and TargetSpec(drop(1)) != TargetSpec(drop(2))
+
+
+def test_generation_order_is_definition_order_and_round_trips():
+    """RNN hypernetworks emit chunks in the flat vector's order: it must follow the order the
+    target's layers were defined (``nnx.State`` sorts names, which would put ``out`` first)."""
+    from pararnn.hyper.target import TargetSpec
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.rnn = pnn.ParaGRU(2, 4, rngs=rngs)
+            self.hidden = nnx.List([nnx.Linear(4, 4, rngs=rngs) for _ in range(2)])
+            self.out = nnx.Linear(4, 2, rngs=rngs)
+
+    net = Net(nnx.Rngs(0))
+    spec = TargetSpec(net)
+    layers = [p.split("]")[0] + "]" + (p.split("]")[1] + "]" if "hidden" in p else "")
+              for p in spec.generation_paths]
+    assert list(dict.fromkeys(layers)) == ["['rnn']", "['hidden'][0]", "['hidden'][1]", "['out']"]
+    params = nnx.state(net, nnx.Param)
+    flat = spec.flatten(params)
+    # the flat vector holds the leaves in generation order (independent concatenation here)
+    leaf = {jax.tree_util.keystr(tuple(k for k in p if getattr(k, "name", None) != "value")): l
+            for p, l in jax.tree_util.tree_flatten_with_path(params)[0]}
+    expected = np.concatenate([np.ravel(np.asarray(leaf[p])) for p in spec.generation_paths])
+    np.testing.assert_array_equal(np.asarray(flat), expected)
+    back = spec.unflatten(flat)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

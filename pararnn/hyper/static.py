@@ -7,7 +7,7 @@
   ``θ₀`` initialised to the target's own init. The output scale no longer depends on ‖γ‖.
 - :class:`RNNHyperNetwork` — dependency-preserving (Chandra et al. 2023): a pararnn recurrent
   layer reads ``[γ, chunk embedding c]`` for c = 0 … C−1 and a shared linear head emits
-  ``chunk_size`` parameters per chunk, in the target's leaf order (layer after layer), so
+  ``chunk_size`` parameters per chunk, in the target's definition order (layer after layer, as assigned in __init__), so
   later layers' weights depend on earlier ones through the recurrent state while the head
   stays small. The chunk recurrence is solved with :func:`pararnn.solve` (parallel mode).
 

@@ -6,9 +6,12 @@ definition and the structure, shapes and dtypes of its ``nnx.Param`` leaves. A f
 structure and shapes (:meth:`TargetSpec.unflatten`), and :meth:`TargetSpec.apply` runs the
 module functionally with it (``nnx.merge``), so gradients flow into whatever produced it.
 
-Leaf order (which decides what the chunks of :class:`pararnn.hyper.RNNHyperNetwork` hold)
-is the order of ``nnx.State`` flattening: attribute names sorted, list items in index order —
-for an ``nnx.Sequential`` / ``nnx.List`` of layers, layer after layer.
+Generation order (the order of the flat vector, which decides what the chunks of
+:class:`pararnn.hyper.RNNHyperNetwork` hold) is the module's *definition* order: attributes
+in the order they were assigned in ``__init__``, list items by index — so a classifier
+defined as ``self.rnn = …; self.out = …`` gets its recurrent layer generated before its
+readout (``nnx.State`` itself sorts attribute names). Leaves the walk cannot place (exotic
+containers) follow, in ``nnx.State`` order. :attr:`TargetSpec.generation_paths` lists it.
 
 Non-parameter state of the template (RNG streams, batch statistics) is kept as it was in the
 template and not updated by :meth:`apply`: targets are meant to be deterministic functions
@@ -50,7 +53,14 @@ class TargetSpec:
         self.shapes = tuple(tuple(l.shape) for _, l in with_paths)
         self.dtypes = tuple(jnp.dtype(l.dtype) for _, l in with_paths)
         self.sizes = tuple(math.prod(s) for s in self.shapes)
-        self.offsets = tuple(int(o) for o in np.cumsum((0,) + self.sizes[:-1]))
+        # leaf indices (flattening order) in generation order; offsets follow it
+        found = [self.paths.index(p) for p in _definition_order(module) if p in self.paths]
+        self.order = tuple(dict.fromkeys(found + list(range(len(self.paths)))))
+        self.generation_paths = tuple(self.paths[i] for i in self.order)
+        offsets, start = [0] * len(self.paths), 0
+        for i in self.order:
+            offsets[i], start = start, start + self.sizes[i]
+        self.offsets = tuple(offsets)
         self.num_params = int(sum(self.sizes))
         self.module_name = type(module).__name__
         self._initial = self.flatten(params)
@@ -97,7 +107,7 @@ class TargetSpec:
         leaves = self.check(params)
         if dtype is None:
             dtype = np.result_type(np.float32, *[np.dtype(l.dtype) for l in leaves])
-        return jnp.concatenate([jnp.ravel(l).astype(dtype) for l in leaves])
+        return jnp.concatenate([jnp.ravel(leaves[i]).astype(dtype) for i in self.order])
 
     def check(self, params: Any) -> list[jax.Array]:
         """The leaves of ``params`` after checking its structure and shapes against the
@@ -134,6 +144,26 @@ def _host(a):
     if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
         a = jax.random.key_data(a)
     return np.asarray(a)
+
+
+def _definition_order(obj, prefix: str = "") -> list[str]:
+    """Parameter paths (``_path_str`` format) of a module in definition order: attributes in
+    assignment order (``vars`` keeps it), list/tuple items by index, dict items in order."""
+    if isinstance(obj, nnx.Param):
+        return [prefix]
+    if isinstance(obj, (list, tuple)):
+        items = list(enumerate(obj))
+    elif isinstance(obj, dict):
+        items = list(obj.items())
+    elif isinstance(obj, nnx.Module):
+        items = [(int(k) if k.isdigit() else k, v) for k, v in vars(obj).items()
+                 if not k.startswith("_")]
+    else:
+        return []
+    out = []
+    for key, value in items:
+        out += _definition_order(value, prefix + (f"[{key}]" if isinstance(key, int) else f"[{key!r}]"))
+    return out
 
 
 def _path_str(path) -> str:
