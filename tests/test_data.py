@@ -72,6 +72,13 @@ def test_bad_files_are_named(tmp_path, name, content, pattern):
 def test_hub_offline_error_is_clear(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # the libraries read these variables at import time; once imported (by an earlier test)
+    # only their constants count — otherwise the hub client retries for ~23 s
+    import datasets
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
     with pytest.raises(DataError, match=r"could not load 'nobody/nonexistent-dataset' .* offline"):
         load_data(DataConfig(source="hub", hub_name="nobody/nonexistent-dataset"))
 

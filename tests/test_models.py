@@ -50,6 +50,7 @@ def test_greedy_generation_follows_the_parallel_argmax():
     np.testing.assert_array_equal(out[:, 5:], jnp.argmax(logits[:, 4:], axis=-1))
 
 
+@pytest.mark.slow  # ~20 s of compiles; layer-level remat is covered by test_layers' default run
 def test_remat_gives_the_same_gradients():
     kw = dict(vocab_size=40, d_model=16, n_layers=2, param_dtype=jnp.float64)
     plain, remat = (LanguageModel(remat=r, rngs=nnx.Rngs(0), **kw) for r in (False, True))
