@@ -49,6 +49,9 @@ def plstm_2d(q: jax.Array, k: jax.Array, v: jax.Array, source: jax.Array, transi
     direction o; transition (X, Y, 2, 2, H) [i, j, o, a] from incoming direction a to outgoing
     direction o; mark (X, Y, 2, H) for the incoming edge of direction a; direct (X, Y, H).
     Missing boundary edges carry zero state. Returns (X, Y, H, dv).
+
+    Batch with a single ``jax.vmap`` (merge batch axes first): the gradient of a nested
+    ``vmap(vmap(plstm_2d))`` with a total batch >= 16 segfaults on XLA:CPU in jaxlib 0.10.2.
     """
     if q.ndim != 4:
         raise ValueError(f"plstm_2d: q must have shape (X, Y, H, dk), got {q.shape}.")

@@ -177,7 +177,7 @@ class pLSTM2D(_Base):
             tr = tr * jnp.asarray(d_mode_grid_mask(X, Y), x.dtype)[..., None]
         # one kernel call for all orientations and the batch (a single scan in the program),
         # vmapped once over the merged (orientation, batch) axis: with jax 0.10.2 the gradient
-        # of a *nested* vmap of plstm_2d segfaults on CPU (see the closing note)
+        # of a *nested* vmap of plstm_2d segfaults on CPU (docs/plstm.md, "Known issue")
         R = self.groups
         merge = lambda a: a.reshape(R * B, *a.shape[2:])
         h = jax.vmap(plstm_2d)(*(merge(oriented(a)) for a in (q, k, v, s)), merge(tr),
