@@ -96,3 +96,25 @@ def test_reber_dataset_labels_and_determinism():
     assert is_reber("BTSSXXTVVE") and not is_reber("BTSSXXTVPE")
     _, ye, se = reber_dataset(10, seed=0, max_length=20, embedded=True)
     assert all(is_embedded_reber(s) == bool(l) for s, l in zip(se, ye))
+
+
+def test_reber_acceptor_equals_the_grammar_regex_exhaustively():
+    """Independent reference: the Reber grammar as a regular expression, derived by hand from
+    its diagram (B, then TS*X or PT*V; from the X-node: S ends, X enters the T*-V loop; from
+    the V-node: V ends, P returns to the X-node). Every string B…E with up to 7 inner symbols."""
+    import itertools
+    import re
+    grammar = re.compile(r"^B(?:(?:TS*X|PT*VP)(?:XT*VP)*(?:S|XT*VV)|PT*VV)E$")
+    checked = accepted = 0
+    for n in range(8):
+        for inner in itertools.product("TSXPV", repeat=n):
+            s = "B" + "".join(inner) + "E"
+            assert is_reber(s) == bool(grammar.match(s)), s
+            checked, accepted = checked + 1, accepted + bool(grammar.match(s))
+    assert accepted > 10 and checked == sum(5 ** n for n in range(8))
+    for s in ["BTXSE", "BPVVE", "BTSXXTVVE", "BPTVPXVVE", "BTXXVPSE"]:  # hand-listed valid
+        assert is_reber(s), s
+    for s in ["BTSE", "BPTE", "BTXXVVE" + "E", "TXSE", "BTXS", "BPVPSE" + "X"]:  # invalid
+        assert not is_reber(s), s
+    # embedded: the second and the second-to-last symbols must agree
+    assert is_embedded_reber("BTBTXSETE") and not is_embedded_reber("BTBTXSEPE")
