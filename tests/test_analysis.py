@@ -242,3 +242,10 @@ def test_bad_spec_errors_name_the_path():
         weight_matching(pa, pa, PermutationSpec(good, {"P0": 5}))
     with pytest.raises(ValueError, match="max_iter"):
         weight_matching(pa, pa, good, max_iter=0)
+
+
+def test_interpolate_integer_leaf_under_jit_names_the_parameter():
+    a = {"w": jnp.ones(2), "count": jnp.asarray(3, jnp.int32)}
+    b = {"w": jnp.zeros(2), "count": jnp.asarray(3, jnp.int32)}
+    with pytest.raises(TypeError, match="parameter 'count' has non-float dtype int32: under jit"):
+        jax.jit(lambda a, b: interpolate(a, b, 0.5))(a, b)

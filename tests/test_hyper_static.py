@@ -186,3 +186,16 @@ def test_generation_order_is_definition_order_and_round_trips():
     back = spec.unflatten(flat)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_float32_gamma_does_not_round_float64_parameters(hnets):
+    """γ is data, the parameters set the compute dtype: a float32 γ that is exactly
+    representable must generate the same float64 parameters as its float64 copy."""
+    gamma = jnp.array([0.25, 0.5, 0.75])  # exact in float32
+    for name in ("MIPHyperNetwork", "RNNHyperNetwork"):
+        hnet = hnets[name]
+        f64 = hnet.flat(gamma.astype(F64))
+        f32 = hnet.flat(gamma.astype(jnp.float32))
+        assert f32.dtype == F64
+        # float64 end to end; cos/sin of the same float64 input: equal to rounding of f64 ops
+        np.testing.assert_allclose(f32, f64, rtol=0, atol=1e-14)

@@ -36,6 +36,10 @@ def interpolate(params_a: Any, params_b: Any, alpha: float | jax.Array) -> Any:
     def mix(path, a, b):
         a, b = jnp.asarray(a), jnp.asarray(b)
         if not jnp.issubdtype(a.dtype, jnp.inexact):
+            if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+                raise TypeError(f"parameter {path_string(path)!r} has non-float dtype {a.dtype}: under "
+                                f"jit its equality cannot be checked; interpolate outside jit or pass "
+                                f"only the float parameters.")
             if not bool(jnp.all(a == b)):
                 raise TypeError(f"parameter {path_string(path)!r} has non-float dtype {a.dtype} and differs "
                                 f"between the two models; only float leaves can be interpolated.")

@@ -51,6 +51,7 @@ class _StaticHyperNetwork(nnx.Module):
         self.target = TargetSpec(target)  # static: layout only
         self.cond_features, self.encoding = cond_features, encoding
         self.num_params = self.target.num_params
+        self.compute_dtype = jnp.dtype(param_dtype)  # γ is cast to it: parameters set the precision
         self.theta0 = nnx.Param(self.target.initial(param_dtype)) if theta0 else None
 
     @property
@@ -64,8 +65,7 @@ class _StaticHyperNetwork(nnx.Module):
             raise ValueError(
                 f"{type(self).__name__}: gamma must have shape (..., cond_features="
                 f"{self.cond_features}), got {gamma.shape}.")
-        if not jnp.issubdtype(gamma.dtype, jnp.floating):
-            gamma = gamma.astype(jnp.float32)
+        gamma = gamma.astype(self.compute_dtype)
         return mip_encoding(gamma) if self.encoding == "mip" else gamma
 
     def delta(self, gamma: jax.Array) -> jax.Array:
