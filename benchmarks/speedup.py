@@ -7,8 +7,10 @@ sequential layer (``nnx.RNN`` over ``nnx.GRUCell`` / ``nnx.OptimizedLSTMCell`` /
     python benchmarks/speedup.py --plot results.png    # also a PNG (needs matplotlib: pip install -e .[plot])
 
 Per configuration: median time, speedup of parallel over pararnn-sequential and over Flax,
-Newton iterations, max |parallel − sequential|, and XLA's compiled peak-memory estimate
-(arguments + outputs + temporaries, from ``compiled.memory_analysis()``).
+the layer's default (``mode="auto"``, with the backward it picks; ``default_paths``) against
+the better fixed mode, Newton iterations, max |parallel − sequential|, and XLA's compiled
+peak-memory estimate (arguments + outputs + temporaries, from ``compiled.memory_analysis()``).
+Every (forward, backward) pair is compared in ``benchmarks/modes.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ LAYERS = {"ParaGRU": (pnn.ParaGRU, "GRUCell"), "ParaLSTM": (pnn.ParaLSTM, "Optim
           "GRU": (pnn.GRU, "GRUCell"), "LSTM": (pnn.LSTM, "OptimizedLSTMCell"),
           "Elman": (pnn.Elman, "SimpleCell")}
 COLUMNS = [("layer", "layer"), ("hidden", "hidden"), ("batch", "batch"), ("T", "T"), ("mode", "mode"),
-           ("parallel_ms", "parallel (ms)"), ("sequential_ms", "sequential (ms)"), ("flax_ms", "flax nnx.RNN (ms)"),
+           ("parallel_ms", "parallel (ms)"), ("sequential_ms", "sequential (ms)"),
+           ("default_ms", "default (ms)"), ("default_vs_best", "default / best"),
+           ("flax_ms", "flax nnx.RNN (ms)"),
            ("speedup_vs_sequential", "speedup vs seq"), ("speedup_vs_flax", "speedup vs flax"),
            ("iterations", "Newton iters"), ("max_err", "max err"), ("parallel_peak_mb", "parallel peak (MB)"),
            ("sequential_peak_mb", "seq peak (MB)")]
@@ -75,7 +79,8 @@ def run_config(name, hidden, batch, length, modes, repeats, method):
         return jax.grad(lambda s, x: jnp.mean(fwd(s, x) ** 2), argnums=(0, 1))
 
     fns = {"parallel": lambda s, x: forward(s, x, "parallel"),
-           "sequential": lambda s, x: forward(s, x, "sequential"), "flax": flax_forward}
+           "sequential": lambda s, x: forward(s, x, "sequential"),
+           "default": lambda s, x: forward(s, x, None), "flax": flax_forward}
     y_par = jax.jit(fns["parallel"])(state, x)
     y_seq = jax.jit(fns["sequential"])(state, x)
     recording = nnx.merge(graph, state, rest)
@@ -93,6 +98,8 @@ def run_config(name, hidden, batch, length, modes, repeats, method):
         rows.append({
             "layer": name, "hidden": hidden, "batch": batch, "T": length, "mode": mode,
             "parallel_ms": times["parallel"] * 1e3, "sequential_ms": times["sequential"] * 1e3,
+            "default_ms": times["default"] * 1e3, "default_paths": "+".join(layer.paths(batch, length)),
+            "default_vs_best": times["default"] / min(times["parallel"], times["sequential"]),
             "flax_ms": times["flax"] * 1e3,
             "speedup_vs_sequential": times["sequential"] / times["parallel"],
             "speedup_vs_flax": times["flax"] / times["parallel"],

@@ -26,11 +26,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import validate
-from .auto import choose_method
+from .adjoint import BACKWARDS, parallel_adjoint, rebuild_jacobian, sequential_adjoint
+from .auto import choose_backward, choose_method
 from .control import match_varying, run_if
 from .jacobians import JacobianSpec, linearize, vmap_over_time
-from .scan import ALGORITHMS, linear_recurrence
+from .newton_loop import default_max_iters, default_patience, iterate, residual_stats, within_tol
+from .scan import ALGORITHMS
 from .structure import DENSE, DIAGONAL, Structure
+from .working_set import check_fits, working_set_bytes
 
 __all__ = ["solve", "SolveInfo", "ConvergenceError", "default_tol", "default_max_iters"]
 
@@ -39,16 +42,25 @@ class SolveInfo(NamedTuple):
     """What a solve did. A pytree: it passes through jit/vmap/pmap (gaining batch axes).
 
     Attributes:
-      iterations: int32, Newton (or quasi-Newton) updates taken; 0 for ``"sequential"``.
+      iterations: int32, Newton (or quasi-Newton) iterations taken, rejected damped steps
+        included; 0 for ``"sequential"``.
       residual: ``max_t max|hs[t] − step(hs[t−1], xs[t])|`` of the returned states.
       converged: whether the Newton iterate reached ``residual <= tol · max(1, max|hs|)``.
       fell_back: whether the returned states come from the sequential fallback.
+      damping: the largest damping ``λ`` the iteration used (its Jacobians were attenuated
+        by ``1/(1+λ)``); 0 when it ran undamped throughout.
+      stalled: whether the iteration stopped early because the residual stopped falling
+        (see :mod:`pararnn.newton_loop`), rather than at the iteration budget.
+      rejected: int32, damped steps rejected because they made the residual blow up.
     """
 
     iterations: jax.Array
     residual: jax.Array
     converged: jax.Array
     fell_back: jax.Array
+    damping: jax.Array
+    stalled: jax.Array
+    rejected: jax.Array
 
 
 class ConvergenceError(RuntimeError):
@@ -65,7 +77,6 @@ _DEFAULT_TOL = {
     jnp.dtype(jnp.float16): 3e-3,
     jnp.dtype(jnp.bfloat16): 2e-2,
 }
-_DEFAULT_MAX_ITERS = {"newton": 32, "quasi": 128, "sequential": 0}
 
 
 def default_tol(dtype) -> float:
@@ -73,20 +84,19 @@ def default_tol(dtype) -> float:
     return _DEFAULT_TOL[jnp.dtype(dtype)]
 
 
-def default_max_iters(method: str) -> int:
-    """The default ``max_iters`` for ``"newton"`` or ``"quasi"``."""
-    return _DEFAULT_MAX_ITERS[method]
-
-
 @dataclasses.dataclass(frozen=True)
 class _Config:
     structure: Structure
     method: str  # "newton" | "quasi"
     max_iters: int
+    patience: int
+    damping: str | float
     tol: float
     fallback: str
     algorithm: str
     raise_in_graph: bool
+    backward: str  # "parallel" | "sequential" | "autodiff"
+    want_residual: bool  # the sequential forward skips it when nobody reads the info
 
 
 def solve(
@@ -104,6 +114,9 @@ def solve(
     return_info: bool = False,
     algorithm: str = "auto",
     jacobian_diagonal: Callable | None = None,
+    damping: str | float = "auto",
+    patience: int | None = None,
+    backward: str = "auto",
 ):
     """All states of ``h_t = step(h_{t-1}, xs[t], params)`` for t = 0 … T−1, in parallel.
 
@@ -121,7 +134,9 @@ def solve(
         to verify a claim; a wrong claim gives a wrong fixed point.
       method: ``"newton"``, ``"quasi"`` (iterate with only the diagonal of J), ``"sequential"``
         (``lax.scan``), or ``"auto"`` (:func:`pararnn.auto.choose_method`).
-      max_iters: Newton iteration cap (default 32 for newton, 128 for quasi).
+      max_iters: iteration budget. Default :func:`default_max_iters`: ``T / (2·log2 T)``,
+        at least 32 for newton and 128 for quasi (an iteration costs ~2·log2 T dependent
+        combines, so beyond that the sequential scan would be the faster answer).
       tol: converged when the residual ``max|hs[t] − step(hs[t−1], xs[t])|`` is at most
         ``tol · max(1, max|hs|)`` (absolute for states up to magnitude 1, relative beyond).
         Default by state dtype: float64 1e-13, float32 1e-5, float16 3e-3, bfloat16 2e-2.
@@ -139,6 +154,22 @@ def solve(
         diagonal of ∂step/∂h, shaped like ``h``; ``"quasi"`` iterates with it instead of
         extracting the diagonal from the full Jacobian (O(D) instead of O(D²) per step for
         dense cells). Gradients still use the exact ``jacobian``.
+      damping: ``"auto"`` (default): start undamped; a step that makes the residual
+        non-finite or grow 10× is rejected and the next one attenuates the Jacobians
+        (Levenberg–Marquardt-style, ``J/(1+λ)``), relaxing again as steps succeed. A float
+        ``λ >= 0`` damps every step by ``1/(1+λ)`` (0: plain Newton). Damping changes the
+        path, never the answer: convergence is judged on the undamped residual, and
+        gradients use exact Jacobians. See :mod:`pararnn.newton_loop`.
+      backward: how gradients solve the adjoint recurrence (:mod:`pararnn.adjoint`):
+        ``"parallel"`` (parallel scan over the exact Jacobians at the solution),
+        ``"sequential"`` (reverse scan of state-VJPs: no Jacobians stored, O(T·D) memory for
+        any structure), ``"autodiff"`` (backpropagation through the ``lax.scan``; only with
+        ``method="sequential"``), or ``"auto"`` (:func:`pararnn.auto.choose_backward`: by
+        backend, structure, sizes and the forward method). The forward and the backward are
+        chosen independently: a sequential forward can have a parallel backward.
+      patience: stop as stalled (then fall back / raise) when the mean residual has not
+        halved for this many iterations; default :func:`pararnn.newton_loop.default_patience`
+        (an eighth of the default budget, at least 16).
 
     Returns:
       ``hs`` of shape ``(T, *h0.shape)``, dtype of ``h0``; ``(hs, info)`` if ``return_info``.
@@ -149,6 +180,7 @@ def solve(
     """
     validate.check_choice(method, validate.METHODS, "method")
     validate.check_choice(fallback, validate.FALLBACKS, "fallback")
+    validate.check_choice(backward, BACKWARDS, "backward")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}.")
     h0 = validate.check_h0(h0)
@@ -160,21 +192,36 @@ def solve(
     jac_fns = (jac_fn, jacobian_diagonal)
     init = validate.check_init(init, t, h0)
     max_iters = validate.check_max_iters(max_iters)
+    patience = validate.check_positive_int(patience, "patience")
+    damping = validate.check_damping(damping)
     tol = validate.check_tol(tol)
     if tol is None:
         tol = default_tol(h0.dtype)
     if method == "auto":
-        method = choose_method(structure, t, h0.shape)
+        method = choose_method(structure, t, h0.shape, dtype=h0.dtype)
+    elif method != "sequential":
+        _check_working_set(structure, method, t, h0, "forward")
+    if backward == "auto":
+        backward = choose_backward(structure, method, t, h0.shape, dtype=h0.dtype)
+    elif backward == "autodiff" and method != "sequential":
+        raise ValueError(
+            f"backward='autodiff' (backpropagation through the sequential scan) needs "
+            f"method='sequential', got method={method!r}; use backward='parallel' or "
+            f"'sequential' to solve the adjoint recurrence instead.")
     operands = (h0, xs, params, init)
     traced = _under_trace(operands)
     cfg = _Config(
         structure=structure,
         method=method,
-        max_iters=max_iters if max_iters is not None else default_max_iters(method),
+        max_iters=max_iters if max_iters is not None else default_max_iters(method, t),
+        patience=patience if patience is not None else default_patience(t, method),
+        damping=damping,
         tol=tol,
         fallback=fallback,
         algorithm=algorithm,
         raise_in_graph=traced,
+        backward=backward,
+        want_residual=return_info or fallback == "raise",
     )
     if traced:
         hs, info = _solve(cfg, step, jac_fns, *operands)
@@ -191,16 +238,15 @@ def solve(
                 cfg = dataclasses.replace(cfg, raise_in_graph=True)
                 hs, info = _solve(cfg, step, jac_fns, *operands)
             elif not bool(info.converged):
-                raise ConvergenceError(_not_converged_message(info.residual, info.iterations, tol))
+                raise ConvergenceError(_not_converged_message(
+                    info.residual, info.iterations, tol, info.stalled))
     return (hs, info) if return_info else hs
 
 
 def _solve(cfg: "_Config", step, jac_fns, h0, xs, params, init):
-    if cfg.method == "sequential":
+    if cfg.method == "sequential" and cfg.backward == "autodiff":
         hs = sequential_solve(step, h0, xs, params)
-        res = _residual(vmap_over_time(step)(_shift(h0, hs), xs, params), hs)
-        zero = jnp.zeros((), jnp.int32)
-        return hs, SolveInfo(zero, res, _within_tol(res, hs, cfg.tol), jnp.zeros((), bool))
+        return hs, _sequential_info(cfg, lambda: vmap_over_time(step)(_shift(h0, hs), xs, params), hs)
     x0 = jax.tree_util.tree_map(lambda l: l[0], xs)
     step_c, consts = _hoist_closure(step, h0, x0, params)
     hoisted = [(None, ()) if fn is None else _hoist_closure(fn, h0, x0, params) for fn in jac_fns]
@@ -283,29 +329,12 @@ def _shift(h0: jax.Array, hs: jax.Array) -> jax.Array:
     return jnp.concatenate([h0[None], hs[:-1]], axis=0)
 
 
-def _residual(fh: jax.Array, hs: jax.Array) -> jax.Array:
-    """``max_t max|step(hs[t−1]) − hs[t]|`` (float32 at least); ``inf`` if any entry is NaN/Inf.
-
-    The finiteness test is explicit because XLA:CPU's vectorised max reduction does not
-    propagate NaN (an all-NaN array reduces to −inf), which would read as converged."""
-    dt = jnp.float64 if hs.dtype == jnp.float64 else jnp.float32
-    diff = jnp.abs(fh.astype(dt) - hs.astype(dt))
-    return jnp.where(jnp.all(jnp.isfinite(diff)), jnp.max(diff), jnp.asarray(jnp.inf, dt))
-
-
-def _within_tol(res: jax.Array, hs: jax.Array, tol: float) -> jax.Array:
-    """Converged: ``res <= tol · max(1, max|hs|)`` — absolute for states of magnitude up to 1,
-    relative beyond, because rounding in the step scales with the state (an LSTM cell state
-    of 100 cannot be resolved to 1e-5 absolute in float32)."""
-    scale = jnp.maximum(jnp.max(jnp.abs(hs)).astype(res.dtype), 1)
-    # res is inf when any state is NaN/Inf (see _residual); res <= tol·inf would pass
-    return jnp.isfinite(res) & jnp.isfinite(scale) & (res <= tol * scale)
-
-
-def _not_converged_message(residual, iterations, tol) -> str:
+def _not_converged_message(residual, iterations, tol, stalled=False) -> str:
+    why = (" (stalled: the residual stopped falling; raise patience= to keep trying)"
+           if bool(np.any(stalled)) else " (or NaN/Inf appeared)")
     return (
         f"pararnn.solve: Newton did not converge: residual {float(np.max(residual)):.3g} > tol "
-        f"{tol:.3g} after {int(np.max(iterations))} iterations (or NaN/Inf appeared). Use "
+        f"{tol:.3g} after {int(np.max(iterations))} iterations{why}. Use "
         f"fallback='sequential' to get the sequential answer instead, raise max_iters, or use a "
         f"more contractive cell."
     )
@@ -318,6 +347,9 @@ def _forward(cfg: _Config, step_c, spec, h0, xs, params, consts, jconsts, init, 
     quasi = cfg.method == "quasi"
     iter_structure = DIAGONAL if quasi else st
     f_all = vmap_over_time(step_c, len(consts))
+    if cfg.method == "sequential":  # a sequential forward under the custom (adjoint) VJP
+        hs = sequential_solve(step_c, h0, xs, params, *consts)
+        return hs, _sequential_info(cfg, lambda: f_all(_shift(h0, hs), xs, params, *consts), hs), None
 
     def lin(hs):
         return linearize(
@@ -327,26 +359,15 @@ def _forward(cfg: _Config, step_c, spec, h0, xs, params, consts, jconsts, init, 
     if init is None:
         zeros = jnp.zeros((jax.tree_util.tree_leaves(xs)[0].shape[0],) + h0.shape, h0.dtype)
         init = f_all(zeros, xs, params, *consts)
-    fh, jac = lin(init)
-    state = (jnp.zeros((), jnp.int32), init, fh, jac, _residual(fh, init))
+    hs, jac, progress = iterate(
+        lin, init, h0, structure=iter_structure, algorithm=cfg.algorithm, tol=cfg.tol,
+        max_iters=cfg.max_iters, patience=cfg.patience, damping=cfg.damping)
+    iters, res = progress.iterations, progress.residual
+    converged = within_tol(res, hs, cfg.tol)
 
-    def not_done(s):
-        k, hs, _, _, res = s
-        return (k < cfg.max_iters) & ~_within_tol(res, hs, cfg.tol) & jnp.isfinite(res)
-
-    def newton_update(s):
-        k, hs, fh, jac, _ = s
-        delta = linear_recurrence(
-            jac, fh - hs, jnp.zeros_like(h0), structure=iter_structure, algorithm=cfg.algorithm
-        )
-        hs = hs + delta
-        fh, jac = lin(hs)
-        return k + 1, hs, fh, jac, _residual(fh, hs)
-
-    iters, hs, fh, jac, res = lax.while_loop(not_done, newton_update, state)
-    converged = _within_tol(res, hs, cfg.tol)
-
-    keep = keep_jacobian and not quasi and st is not DENSE
+    # The parallel adjoint reuses the Newton Jacobians at the solution when they are exact
+    # (not quasi) and not dense (T·D² is better rebuilt in the backward than kept meanwhile).
+    keep = keep_jacobian and cfg.backward == "parallel" and not quasi and st is not DENSE
     result = (hs, jac if keep else None, res)
     if cfg.fallback == "sequential":
 
@@ -360,7 +381,7 @@ def _forward(cfg: _Config, step_c, spec, h0, xs, params, consts, jconsts, init, 
                                             consts, jconsts)
             else:
                 fh_seq, jac_seq = f_all(_shift(h_start, hs_seq), xs, params, *consts), None
-            return h_start, (hs_seq, jac_seq, _residual(fh_seq, hs_seq))
+            return h_start, (hs_seq, jac_seq, residual_stats(fh_seq, hs_seq)[0])
 
         _, result = run_if(~converged, fall_back, (h0, result))
         fell_back = ~converged
@@ -369,17 +390,47 @@ def _forward(cfg: _Config, step_c, spec, h0, xs, params, consts, jconsts, init, 
         if cfg.fallback == "raise" and cfg.raise_in_graph:
 
             def report(r):
-                jax.debug.callback(_raise_if_not_converged, converged, res, iters, cfg.tol)
+                jax.debug.callback(_raise_if_not_converged, converged, res, iters,
+                                   progress.stalled, cfg.tol)
                 return r
 
             result = run_if(~converged, report, result)
     hs, jac, res = result
-    return hs, SolveInfo(iters, res, converged, fell_back), jac
+    info = SolveInfo(iters, res, converged, fell_back, progress.damping, progress.stalled,
+                     progress.rejected)
+    return hs, info, jac
 
 
-def _raise_if_not_converged(converged, residual, iterations, tol):
+def _check_working_set(structure: Structure, method: str, t: int, h0, pass_: str) -> None:
+    """An explicitly requested parallel pass that cannot fit the device fails here, naming
+    the sizes, instead of as an out-of-memory crash inside XLA (per sequence: under vmap the
+    batch multiplies it, which the layers check for themselves)."""
+    need = working_set_bytes(structure, t, h0.shape, h0.dtype, pass_=pass_, method=method)
+    what = ("the parallel forward (method={method!r})" if pass_ == "forward"
+            else "the parallel adjoint (backward='parallel')").format(method=method)
+    check_fits(need, f"pararnn.solve: {what}",
+               f"T={t}, state {tuple(h0.shape)} {jnp.dtype(h0.dtype).name}, "
+               f"{structure.name} Jacobians",
+               "Use method='sequential' / backward='sequential' (O(T·D) memory), or 'auto' to "
+               "let pararnn choose a path that fits.")
+
+
+def _sequential_info(cfg: _Config, step_outputs: Callable[[], jax.Array], hs) -> SolveInfo:
+    """The info of a sequential solve; its residual (one more batched step evaluation) only
+    when someone reads it."""
+    zero, false = jnp.zeros((), jnp.int32), jnp.zeros((), bool)
+    dt = jnp.float64 if hs.dtype == jnp.float64 else jnp.float32
+    if cfg.want_residual:
+        res, _ = residual_stats(step_outputs(), hs)
+        converged = within_tol(res, hs, cfg.tol)
+    else:
+        res, converged = jnp.zeros((), dt), jnp.ones((), bool)
+    return SolveInfo(zero, res, converged, false, jnp.zeros((), dt), false, zero)
+
+
+def _raise_if_not_converged(converged, residual, iterations, stalled, tol):
     if not np.all(converged):
-        raise ConvergenceError(_not_converged_message(residual, iterations, tol))
+        raise ConvergenceError(_not_converged_message(residual, iterations, tol, stalled))
 
 
 def _zero_cotangent(x):
@@ -409,14 +460,13 @@ def _make_core(cfg: _Config, step_c: Callable, spec: JacobianSpec):
         h0, xs, params, consts, jconsts, init, hs, jac = residuals
         g_hs, _ = cotangents
         hprev = _shift(h0, hs)
-        if jac is None:  # not kept by the forward: rebuild the exact Jacobian at the solution
-            _, jac = linearize(step_c, spec, hprev, xs, params, consts, jconsts)
-        # λ_t = g_t + J_{t+1}ᵀ λ_{t+1}, λ_{T-1} = g_{T-1}: a reverse linear recurrence whose
-        # coefficient at t is J_{t+1}ᵀ (the last one multiplies λ_T = 0).
-        jac_next_t = st.transpose(jnp.concatenate([jac[1:], jnp.zeros_like(jac[:1])], axis=0))
-        lam = linear_recurrence(
-            jac_next_t, g_hs, jnp.zeros_like(h0), structure=st, reverse=True, algorithm=cfg.algorithm
-        )
+        if cfg.backward == "sequential":
+            lam = sequential_adjoint(step_c, hprev, xs, params, consts, g_hs)
+        else:
+            _check_working_set(st, cfg.method, hs.shape[0], h0, "backward")
+            if jac is None:  # not kept by the forward: rebuild the exact Jacobians
+                jac = rebuild_jacobian(step_c, spec, hprev, xs, params, consts, jconsts)
+            lam = parallel_adjoint(st, jac, g_hs, h0, cfg.algorithm)
         f_all = vmap_over_time(step_c, len(consts))
         _, vjp = jax.vjp(lambda hp, x, p, c: f_all(hp, x, p, *c), hprev, xs, params, consts)
         d_hprev, d_xs, d_params, d_consts = vjp(lam.astype(hs.dtype))

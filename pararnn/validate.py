@@ -162,3 +162,26 @@ def check_tol(tol: Any) -> float | None:
     if not value >= 0.0:
         raise ValueError(f"tol must be a non-negative Python float, got {tol!r}.")
     return value
+
+
+def check_positive_int(value: Any, argname: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{argname} must be a positive int or None, got {value!r}.")
+    return int(value)
+
+
+def check_damping(damping: Any) -> str | float:
+    """``"auto"`` or a fixed ``λ >= 0``."""
+    if isinstance(damping, str):
+        if damping != "auto":
+            raise ValueError(f"damping must be 'auto' or a float λ >= 0, got {damping!r}.")
+        return damping
+    try:
+        value = float(damping)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        raise ValueError(f"damping must be 'auto' or a Python float λ >= 0, got {damping!r}.") from None
+    if not (value >= 0.0 and value < float("inf")):
+        raise ValueError(f"damping must be 'auto' or a finite float λ >= 0, got {damping!r}.")
+    return value

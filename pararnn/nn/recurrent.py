@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..auto import choose_method
+from ..adjoint import BACKWARDS
+from ..auto import choose_layer_paths
 from ..cells import Cell
 from ..newton import solve
 from ..structure import get_structure
@@ -32,6 +33,7 @@ class SolverOptions:
     tol: float | None = None
     fallback: str = "sequential"
     algorithm: str = "auto"
+    backward: str = "auto"
 
 
 def _check_mode(mode: Any, where: str) -> str:
@@ -48,8 +50,13 @@ class RecurrentLayer(nnx.Module):
 
     Args:
       in_features, hidden_features: input and output sizes.
-      mode: default solve mode, ``"parallel"``, ``"sequential"`` or ``"auto"``.
+      mode: how the forward pass solves the recurrence: ``"parallel"`` (Newton),
+        ``"sequential"`` (``lax.scan``) or ``"auto"`` (default: whichever measured faster
+        for this backend, structure and size; :func:`pararnn.auto.choose_layer_paths`).
       method: the parallel method, ``"newton"`` or ``"quasi"``.
+      backward: how gradients solve the adjoint: ``"parallel"``, ``"sequential"`` (a VJP
+        scan: no Jacobians stored), ``"autodiff"`` (backpropagation through the sequential
+        scan; sequential forward only) or ``"auto"`` (default: chosen with the forward).
       max_iters, tol, fallback, algorithm: passed to :func:`pararnn.solve`.
       dtype: computation dtype (default: promote inputs and parameters).
       param_dtype: parameter dtype (default float32).
@@ -62,17 +69,22 @@ class RecurrentLayer(nnx.Module):
     cell_type: ClassVar[type[Cell]]
     default_method: ClassVar[str] = "newton"
 
-    def __init__(self, in_features: int, hidden_features: int, *, mode: str = "parallel",
+    def __init__(self, in_features: int, hidden_features: int, *, mode: str = "auto",
                  method: str | None = None, max_iters: int | None = None, tol: float | None = None,
-                 fallback: str = "sequential", algorithm: str = "auto", dtype: Any = None,
-                 param_dtype: Any = jnp.float32, sow_info: bool = False, rngs: nnx.Rngs,
-                 **cell_options):
+                 fallback: str = "sequential", algorithm: str = "auto", backward: str = "auto",
+                 dtype: Any = None, param_dtype: Any = jnp.float32, sow_info: bool = False,
+                 rngs: nnx.Rngs, **cell_options):
         name = type(self).__name__
         self.mode = _check_mode(mode, name)
         method = method or self.default_method
         if method not in ("newton", "quasi"):
             raise ValueError(f"{name}: method must be 'newton' or 'quasi', got {method!r}.")
-        self.solver = SolverOptions(method, max_iters, tol, fallback, algorithm)
+        if backward not in BACKWARDS:
+            raise ValueError(f"{name}: backward must be one of {BACKWARDS}, got {backward!r}.")
+        if backward == "autodiff" and mode == "parallel":
+            raise ValueError(f"{name}: backward='autodiff' differentiates through the sequential "
+                             f"scan and needs mode='sequential' or 'auto', got mode='parallel'.")
+        self.solver = SolverOptions(method, max_iters, tol, fallback, algorithm, backward)
         self.cell = self.cell_type(in_features, hidden_features, **cell_options)
         self.in_features, self.hidden_features = in_features, hidden_features
         self.dtype, self.param_dtype, self.sow_info = dtype, param_dtype, sow_info
@@ -155,22 +167,29 @@ class RecurrentLayer(nnx.Module):
         params = self._params(dtype)
         x = x.astype(dtype)
         h0 = self._states(h0, x.shape[0], dtype)
+        forward, backward = self.paths(x.shape[0], x.shape[1], mode, dtype)
         cell, opts = self.cell, self.solver
-        method = {"parallel": opts.method, "sequential": "sequential", "auto": "auto"}[mode]
-        if method == "auto":
-            method = choose_method(get_structure(cell.structure), x.shape[1], cell.state_shape)
-        if method == "sequential":
+        info = None
+        if forward == "sequential" and backward == "autodiff":
             hs = self._scan(params, x, h0)
-            info = None
+        elif forward == "sequential":
+            # A sequential forward with the adjoint backward: the scan projects inside the
+            # loop like _scan, and the backward's one batched VJP differentiates the projection.
+            def step_projected(h, x_t, p):
+                return cell.step(h, cell.project(p, x_t), p)
+
+            hs = jax.vmap(lambda x_b, h_b: solve(step_projected, h_b, x_b, params,
+                                                 jacobian=cell.structure, method="sequential",
+                                                 backward=backward))(x, h0)
         else:
             u = cell.project(params, x)
             hand = cell.jacobian is not None and cell.solve_with_hand_jacobian
             jacobian = cell.jacobian if hand else cell.structure
 
             def solve_one(u_b, h_b):
-                return solve(cell.step, h_b, u_b, params, jacobian=jacobian, method=method,
+                return solve(cell.step, h_b, u_b, params, jacobian=jacobian, method=forward,
                              max_iters=opts.max_iters, tol=opts.tol, fallback=opts.fallback,
-                             algorithm=opts.algorithm, return_info=True,
+                             algorithm=opts.algorithm, return_info=True, backward=backward,
                              jacobian_diagonal=cell.jacobian_diagonal)
 
             hs, info = jax.vmap(solve_one)(u, h0)
@@ -180,6 +199,27 @@ class RecurrentLayer(nnx.Module):
                 "fell_back": jnp.zeros((), bool) if info is None else jnp.any(info.fell_back)})
         y = cell.output(hs)
         return (y, hs[:, -1]) if return_state else y
+
+    def paths(self, batch: int, length: int, mode: str | None = None, dtype: Any = None,
+              backend: str | None = None) -> tuple[str, str]:
+        """``(forward, backward)`` this layer uses for a ``(batch, length, ·)`` input in
+        ``mode`` (default: the layer's) on ``backend`` (default: JAX's): forward
+        ``"newton"``, ``"quasi"`` or ``"sequential"``; backward ``"parallel"``,
+        ``"sequential"`` or ``"autodiff"``."""
+        mode = _check_mode(self.mode if mode is None else mode, type(self).__name__)
+        dtype = jnp.dtype(dtype or self.dtype or self.param_dtype)
+        opts, cell = self.solver, self.cell
+        forward = {"parallel": opts.method, "sequential": "sequential", "auto": None}[mode]
+        backward = None if opts.backward == "auto" else opts.backward
+        auto_fwd, auto_bwd = choose_layer_paths(
+            get_structure(cell.structure), opts.method, length, cell.state_shape, batch,
+            dtype=dtype, forward=forward, backward=backward, backend=backend)
+        forward = forward or auto_fwd
+        backward = backward or auto_bwd
+        if backward == "autodiff" and forward != "sequential":
+            raise ValueError(f"{type(self).__name__}: backward='autodiff' needs a sequential "
+                             f"forward, but mode={mode!r} chose {forward!r}.")
+        return forward, backward
 
     def _scan(self, params, x, h0):
         """The sequential solve: ``lax.scan`` over time with the input projection inside the

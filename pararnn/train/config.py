@@ -35,7 +35,7 @@ class ModelConfig:
     num_heads: int = 2  # heads of the cell's block-diagonal input projection
     conv_kernel: int = 4  # depthwise causal conv before the cell
     max_recurrent_norm: float | None = 0.5
-    mode: Literal["parallel", "sequential", "auto"] = "parallel"
+    mode: Literal["parallel", "sequential", "auto"] = "auto"  # auto: pararnn.auto.choose_layer_paths
     solver_method: Literal["newton", "quasi"] | None = None  # None: the cell's default
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # computation
     param_dtype: Literal["float32", "bfloat16"] = "float32"
