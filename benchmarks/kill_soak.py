@@ -9,8 +9,8 @@ random number of logged steps past where it resumed (plus a random sub-step dela
 land inside steps and inside asynchronous checkpoint writes) or, in a quarter of the rounds,
 a random number of seconds after the start (inside start-up: imports, data, restore, compile).
 After every kill each committed checkpoint is read back in full (parameters, optimizer state,
-metadata). Reported: steps lost per kill (logged before the kill, after the checkpoint the next
-run resumed from), checkpoints that did not read back (must be 0), checkpoints the trainer set
+metadata). Reported: steps lost per kill (logged by that run before the kill, after the checkpoint
+the next run resumed from; metrics are logged one step late, so one more step may have run), checkpoints that did not read back (must be 0), checkpoints the trainer set
 aside as unreadable (must be 0), and whether the final loss curve equals the uninterrupted
 run's bitwise. Writes ``benchmarks/results/kill_soak.json`` and ``.md``.
 """
@@ -54,6 +54,15 @@ def _command(args, workdir: str) -> list[str]:
 
 def _env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+
+
+def _logged_since(workdir: str, since: float, otherwise: int) -> int:
+    """The last step logged by a run started at ``since`` (the metrics file is rewritten when
+    a run resumes); ``otherwise`` if it has not written yet."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path) or os.path.getmtime(path) < since:
+        return otherwise
+    return max(_logged_steps(workdir), default=otherwise)
 
 
 def _logged_steps(workdir: str) -> dict[int, float]:
@@ -122,12 +131,13 @@ def soak(args) -> dict:
         offset = rng.randint(1, args.max_offset)
         delay = rng.uniform(0.5, args.startup_seconds) if by_time else rng.uniform(0.0, args.jitter)
         log = open(os.path.join(base, f"run{kill}.err"), "w")
-        proc = subprocess.Popen(_command(args, workdir), stdout=subprocess.DEVNULL, stderr=log, env=_env(), cwd=ROOT)
         start = time.time()
+        proc = subprocess.Popen(_command(args, workdir), stdout=subprocess.DEVNULL, stderr=log, env=_env(), cwd=ROOT)
         if by_time:
             time.sleep(delay)
         else:
-            while proc.poll() is None and max(_logged_steps(workdir), default=0) < min(resumed_from + offset, args.steps):
+            target = min(resumed_from + offset, args.steps)
+            while proc.poll() is None and _logged_since(workdir, start, resumed_from) < target:
                 time.sleep(0.02)
             time.sleep(delay)
         finished = proc.poll() is not None
@@ -139,7 +149,7 @@ def soak(args) -> dict:
             err = f.read()
         set_aside_warnings += err.count("cannot be read back")
         tracebacks += err.count("Traceback")
-        logged = max(_logged_steps(workdir), default=0)
+        logged = _logged_since(workdir, start, resumed_from)
         unreadable = _unreadable(workdir)
         rows.append({"kill": kill, "trigger": f"{delay:.1f} s after start" if by_time else
                      f"step {resumed_from}+{offset} (+{delay:.2f} s)", "resumed_from": resumed_from,

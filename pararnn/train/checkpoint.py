@@ -101,6 +101,9 @@ class Checkpointer:
                 n += 1
                 target = os.path.join(target_dir, f"{step}.{n}")
             shutil.move(self.step_path(step), target)
+        if jax.process_count() > 1:  # every process sees the move before Orbax rescans
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"pararnn-set-aside-{step}")
         self.manager.reload()
         return target
 
