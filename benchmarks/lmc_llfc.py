@@ -6,7 +6,7 @@ or activation matching (Zhou et al. 2023; Ainsworth et al. 2023).
     python benchmarks/lmc_llfc.py --parts mlp     # MLP only (~1 min)
 
 MLP: 16 → w → w → 4 ReLU (w = 128 and 512), SGD with momentum, on an offline classification set labelled by
-a random teacher network (generated here; no download). Language model: configs/tiny.yaml,
+a random teacher network (generated here; no download). Language model: pararnn/configs/tiny.yaml,
 shortened (train.steps=--lm-steps), trained with train.py's trainer; spawned children start
 from the parent's checkpoint with data.order_seed 1 and 2.
 

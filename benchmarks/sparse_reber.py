@@ -36,7 +36,7 @@ import pararnn.nn as pnn
 from pararnn.sparse import (GraphRNN, graph_properties, layer_dag, magnitude_prune, magnitude_pruning,
                             random_dag, sparsity, where_names)
 from pararnn.sparse.reber import SYMBOLS, reber_dataset
-from pararnn.train.config import ConfigError, build_config  # strict YAML → dataclass (unknown keys are errors)
+from pararnn.config import ConfigError, build_config  # strict YAML → dataclass (unknown keys are errors)
 from common import environment, markdown_table, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

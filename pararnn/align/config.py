@@ -1,5 +1,5 @@
 """Typed configs of the Align experiments (``configs/experiments/align_*.yaml``); unknown keys and
-wrong types are errors naming the key (the loader of :mod:`pararnn.train.config`)."""
+wrong types are errors naming the key (the builder of :mod:`pararnn.config`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Literal
 
 import yaml
 
-from ..train.config import ConfigError, build_config  # the project's strict dataclass builder
+from ..config import ConfigError, build_config  # the project's strict dataclass builder
 
 __all__ = ["AlignExperimentConfig", "load_align_config", "ConfigError"]
 

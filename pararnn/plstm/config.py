@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..train.config import ConfigError, build_config
+from ..config import ConfigError, build_config
 
 __all__ = ["ArrowConfig", "ArrowData", "ArrowModel", "ArrowOptim", "ArrowTrain",
            "PLSTMConfigError", "load_arrow_config"]

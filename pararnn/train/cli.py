@@ -1,7 +1,9 @@
 """``python train.py --config NAME|PATH [--workdir DIR] [--steps N] [--set key=value ...] [--dry-run]``
 
-User mistakes (bad config keys or types, missing data files, a config that cannot fit this
-machine) end with a one-paragraph message and exit code 2 — never a bare traceback.
+Exit codes: 0 finished (or nothing left to do), 2 a user mistake (bad config key, type or
+value, missing data files, a workdir holding a different run, a config that cannot fit this
+machine) with a one-paragraph message — never a bare traceback —, 130 interrupted by SIGINT
+(Ctrl-C) and 143 preempted by SIGTERM, both after saving a checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import json
 import os
 import sys
 
-from .config import ConfigError, apply_overrides, available_configs, load_config
+from .config import ConfigError, available_configs, load_config
+from .interrupts import EXIT_CODES
 
 EXIT_USER_ERROR = 2
 
@@ -21,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="tiny",
                    help=f"config name ({', '.join(available_configs())}) or a YAML path (default: tiny)")
     p.add_argument("--workdir", default=None, help="checkpoints and metrics.jsonl (default: runs/CONFIG)")
-    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--steps", type=int, default=None, help="sets train.steps (the step to train to)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.lr=1e-3 (repeatable)")
     p.add_argument("--spawn-from", default=None, metavar="DIR",
@@ -32,18 +35,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def dry_run(cfg) -> dict:
-    """Parameter count, per-module breakdown and bytes per device, without allocating."""
-    import jax
+def dry_run(cfg, available: int | None = None) -> dict:
+    """Parameter count, per-module breakdown and bytes per device, without allocating.
 
-    from .memory import GiB, count_params, estimate_bytes_per_device, param_breakdown
+    The estimate is for the mesh :func:`~pararnn.train.memory.plan_mesh` assumes from
+    ``cfg.mesh`` and the ``available`` devices (default: this machine's) — the same mesh and
+    number the memory preflight of a real run uses."""
+    from .memory import GiB, count_params, estimate_bytes_per_device, param_breakdown, plan_mesh
+    from .mesh import mesh_devices
     from .trainer import abstract_params
 
     _, abstract = abstract_params(cfg, cfg.model.vocab_size)
     n_params = count_params(abstract)
-    fsdp = cfg.mesh.fsdp
-    n_devices = cfg.mesh.data * fsdp if cfg.mesh.data > 0 else max(jax.device_count(), fsdp)
-    est = estimate_bytes_per_device(cfg, n_params, n_devices, fsdp)
+    available = len(mesh_devices(cfg.mesh)) if available is None else available
+    plan = plan_mesh(cfg.mesh, available)
+    est = estimate_bytes_per_device(cfg, n_params, plan.devices, plan.fsdp)
     groups = param_breakdown(abstract)
     print(f"config {cfg.name}: {cfg.model.cell} × {cfg.model.n_layers} layers, d_model {cfg.model.d_model}, "
           f"vocab {cfg.model.vocab_size}")
@@ -54,43 +60,45 @@ def dry_run(cfg) -> dict:
             print(f"  {name:<12} {count:>16,}")
     if blocks:
         print(f"  {'blocks':<12} {sum(blocks):>16,}  ({len(blocks)} × {blocks[0]:,})")
-    print(f"mesh: data {n_devices // fsdp} × fsdp {fsdp} = {n_devices} devices; per device: "
-          f"params {est['params'] / GiB:.2f} GiB, grads {est['grads'] / GiB:.2f} GiB, AdamW "
+    print(f"mesh assumed: {plan.describe()} (mesh.data={cfg.mesh.data}, mesh.fsdp={cfg.mesh.fsdp}; "
+          f"{available} device{'s' if available != 1 else ''} available here)")
+    print(f"per device: params {est['params'] / GiB:.2f} GiB, grads {est['grads'] / GiB:.2f} GiB, AdamW "
           f"{est['optimizer'] / GiB:.2f} GiB, activations {est['activations'] / GiB:.2f} GiB, "
           f"total {est['total'] / GiB:.2f} GiB")
     summary = {"config": cfg.name, "params": n_params, "bytes_per_device": int(est["total"]),
-               "breakdown": {k: int(v) for k, v in est.items()}, "devices": n_devices, "fsdp": fsdp}
+               "breakdown": {k: int(v) for k, v in est.items()}, "devices": plan.devices, "data": plan.data,
+               "fsdp": plan.fsdp, "mesh": plan.describe(), "available_devices": available}
     print(json.dumps(summary))
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    workdir = None
     try:
-        cfg = load_config(args.config, args.overrides)
-        if args.steps is not None:
-            if args.steps < 1:
-                raise ConfigError(f"--steps must be >= 1, got {args.steps}.")
-            cfg = apply_overrides(cfg, [f"train.steps={args.steps}"])
+        overrides = list(args.overrides)
+        if args.steps is not None:  # one check for --steps and train.steps
+            overrides.append(f"train.steps={args.steps}")
+        cfg = load_config(args.config, overrides)
         if args.spawn_from is not None:
             cfg.train.spawn_from = args.spawn_from
         if args.dry_run:
             dry_run(cfg)
             return 0
+        workdir = args.workdir or os.path.join("runs", cfg.name)
+        from .workdir import check_workdir_path
+        check_workdir_path(workdir)
         # Multi-process runs start JAX's distributed runtime before anything touches devices.
         from .mesh import maybe_initialize_distributed
         maybe_initialize_distributed()
-        from .data import DataError
-        from .trainer import TrainingError, train
-        workdir = args.workdir or os.path.join("runs", cfg.name)
+        from .trainer import train
         summary = train(cfg, workdir)
-    except (ConfigError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except Exception as e:  # data and training errors are user-facing too
-        from .data import DataError
-        from .trainer import TrainingError
-        if isinstance(e, (DataError, TrainingError)):
+    except KeyboardInterrupt:
+        where = f"; the checkpoints in {os.path.join(workdir, 'checkpoints')} are kept" if workdir else ""
+        print(f"interrupted: stopped without saving a new checkpoint{where}.", file=sys.stderr)
+        return EXIT_CODES["SIGINT"]
+    except Exception as e:  # user-facing errors get one message; anything else is a bug: traceback
+        if _is_user_error(e):
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR
         raise
@@ -98,8 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"final_step": summary["final_step"], "loss": last.get("loss"),
                       "eval_loss": last.get("eval_loss"), "eval_accuracy": last.get("eval_accuracy"),
                       "params": summary["params"], "workdir": summary["workdir"],
-                      "preempted": summary.get("preempted", False)}))
-    return 0
+                      "preempted": summary.get("preempted", False), "interrupted": summary.get("interrupted"),
+                      "nothing_to_do": summary.get("nothing_to_do", False)}))
+    return EXIT_CODES[summary["interrupted"]] if summary.get("interrupted") else 0
+
+
+def _is_user_error(e: Exception) -> bool:
+    from .data import DataError
+    from .errors import TrainingError
+    return isinstance(e, (ConfigError, FileNotFoundError, ImportError, DataError, TrainingError))
 
 
 if __name__ == "__main__":

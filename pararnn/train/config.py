@@ -1,28 +1,30 @@
-"""Typed, strict training configs: YAML → dataclasses, ``--set a.b=c`` overrides.
+"""Typed, strict training configs: YAML → dataclasses, ``--set a.b=c`` overrides, value rules.
 
 Unknown keys and values of the wrong type are :class:`ConfigError` naming the key (and the
-closest valid one), raised before anything is built. ``load_config("tiny")`` reads
-``configs/tiny.yaml`` from the repository (or the installed package data); a path to a
-``.yaml`` file works too.
+closest valid one); values out of range or breaking a divisibility rule are ConfigErrors
+naming the key, the value and the rule (:data:`VALUE_RULES`). All raised before anything is
+built. ``load_config("tiny")`` reads ``tiny.yaml`` from the package data
+(``pararnn/configs/``, via :mod:`importlib.resources`, so installed wheels have them); a
+path to a ``.yaml`` file works too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import os
-import types
-import typing
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
+# The generic strict builder lives below all packages; re-exported here (public names kept).
+from ..config import ConfigError, _build, build_config, check_values
+from .rules import VALUE_RULES
+
 __all__ = ["Config", "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "MeshConfig",
-           "ConfigError", "load_config", "apply_overrides", "config_to_dict", "available_configs"]
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key."""
+           "ConfigError", "load_config", "apply_overrides", "config_to_dict", "available_configs",
+           "build_config", "validate_config", "VALUE_RULES"]
 
 
 @dataclasses.dataclass
@@ -95,6 +97,8 @@ class TrainConfig:
     #                                schedule still spans train.steps (time-boxed jobs)
     spawn_from: str | None = None  # start from another run's checkpoint (its workdir); see train/spawn.py
     spawn_step: int | None = None  # the checkpoint step to spawn from (None: its latest)
+    resume: bool = True  # continue the workdir's run; false: move its checkpoints and metrics
+    #                      aside (to DIR/previous/<time>/, never deleted) and start afresh
 
 
 @dataclasses.dataclass
@@ -114,143 +118,61 @@ class Config:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
 
-# ---- conversion ----------------------------------------------------------------------------
-
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"list[{_type_name(typing.get_args(tp)[0])}]"
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp, key: str):
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _convert(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}.")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{key}: expected null, got {value!r}.")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value in choices:
-            return value
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{key}: expected one of {list(choices)}, got {value!r}.{hint}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            if isinstance(value, str):  # a single path is a list of one
-                value = [value]
-            else:
-                raise ConfigError(f"{key}: expected a list, got {value!r}.")
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key or 'config'}: expected a mapping of {tp.__name__} fields, got {value!r}.")
-        return _build(tp, value, key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}.")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}.")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}.")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}.")
-    raise AssertionError(f"unsupported config type {tp}")
-
-
-def _build(cls, values: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for name, value in values.items():
-        key = f"{prefix}.{name}" if prefix else str(name)
-        if name not in fields:
-            close = difflib.get_close_matches(str(name), sorted(fields), n=1)
-            hint = f" Did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r}.{hint} Valid keys here: {', '.join(sorted(fields))}.")
-        kwargs[name] = _convert(value, hints[name], key)
-    return cls(**kwargs)
-
-
-def build_config(cls: type, values: dict, prefix: str = ""):
-    """Build the dataclass ``cls`` (nested dataclasses allowed) from a plain dict, strictly:
-    unknown keys (with the closest valid one suggested) and wrong types raise ConfigError
-    naming the key. Shared by the training config and the experiment configs."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}.")
-    return _build(cls, values, prefix)
-
-
 def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _config_dirs() -> list[str]:
-    here = os.path.dirname(os.path.abspath(__file__))
-    return [os.path.join(os.path.dirname(os.path.dirname(here)), "configs"),  # source checkout
-            os.path.join(os.path.dirname(here), "configs")]  # installed package data
+def _packaged_configs() -> dict[str, "importlib.resources.abc.Traversable"]:
+    """The configs shipped in the package (``pararnn/configs/*.yaml``), by name."""
+    root = importlib.resources.files("pararnn") / "configs"
+    if not root.is_dir():
+        return {}
+    return {entry.name[:-5]: entry for entry in root.iterdir() if entry.name.endswith(".yaml")}
 
 
 def available_configs() -> list[str]:
-    names = set()
-    for d in _config_dirs():
-        if os.path.isdir(d):
-            names |= {f[:-5] for f in os.listdir(d) if f.endswith(".yaml")}
-    return sorted(names)
+    """Names of the packaged configs (``tiny``, ``parity``, …, ``gru7b``)."""
+    return sorted(_packaged_configs())
 
 
-def _resolve_path(name_or_path: str) -> str:
-    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+def _read_config_text(name_or_path: str) -> tuple[str, str]:
+    """``(text, source)`` of a config name (packaged) or a ``.yaml`` path (a path wins when
+    it has a separator or a YAML suffix)."""
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path or "/" in name_or_path:
+        if os.path.isdir(name_or_path):
+            raise ConfigError(f"--config {name_or_path!r} is a directory; expected a config name or a .yaml file.")
         if not os.path.isfile(name_or_path):
             raise ConfigError(f"config file {name_or_path!r} does not exist.")
-        return name_or_path
-    for d in _config_dirs():
-        path = os.path.join(d, name_or_path + ".yaml")
-        if os.path.isfile(path):
-            return path
-    names = available_configs()
+        with open(name_or_path, encoding="utf-8") as f:
+            return f.read(), name_or_path
+    packaged = _packaged_configs()
+    if name_or_path in packaged:
+        return packaged[name_or_path].read_text(encoding="utf-8"), f"{name_or_path}.yaml (packaged)"
+    names = sorted(packaged)
     close = difflib.get_close_matches(name_or_path, names, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"no config named {name_or_path!r}.{hint} Available: {', '.join(names)}.")
+    raise ConfigError(f"no config named {name_or_path!r}.{hint} Available: {', '.join(names) or '(none)'}; "
+                      f"or pass a path to a .yaml file.")
+
+
+def validate_config(cfg: Config) -> Config:
+    """Check every value rule of :data:`VALUE_RULES` (ranges, divisibility); ConfigError
+    naming the key, the value and the rule. Returns ``cfg``."""
+    check_values(cfg, VALUE_RULES)
+    return cfg
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
-    """Load ``configs/NAME.yaml`` (or a YAML path), apply ``key.sub=value`` overrides."""
-    path = _resolve_path(name_or_path)
+    """Load a packaged config by name (``tiny``) or a YAML path, apply ``key.sub=value``
+    overrides, check the values."""
+    text, source = _read_config_text(name_or_path)
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {source!r} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path!r} must contain a mapping, got {type(raw).__name__}.")
-    raw.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+        raise ConfigError(f"config file {source!r} must contain a mapping, got {type(raw).__name__}.")
+    raw.setdefault("name", os.path.splitext(os.path.basename(name_or_path))[0])
     cfg = _build(Config, raw)
     return apply_overrides(cfg, overrides or [])
 
@@ -281,4 +203,4 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             hint = f" Did you mean {((prefix + '.') if prefix else '') + close[0]!r}?" if close else ""
             raise ConfigError(f"unknown config key {key!r} in --set {item!r}.{hint}")
         node[parts[-1]] = value
-    return _build(Config, data)
+    return validate_config(_build(Config, data))

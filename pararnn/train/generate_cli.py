@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 
 from .config import ConfigError
 
@@ -72,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         from .restore import load_trained
         from .tokenizer import load_tokenizer
 
-        cfg, model, step = load_trained(args.workdir, args.step)
+        from .restore import CheckpointWarning
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CheckpointWarning)
+            cfg, model, step = load_trained(args.workdir, args.step)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
         text_run = cfg.data.source not in ("parity", "mqar")
         tokenizer = load_tokenizer(cfg.data.tokenizer) if text_run else None
         ids = _prompt_ids(args, cfg, tokenizer)
@@ -81,11 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
+        return 130
     prompt = jnp.asarray([ids] * args.num_samples, jnp.int32)
     t0 = time.time()
-    out = generate(model, prompt, args.max_new_tokens, key=jax.random.key(args.seed),
-                   temperature=args.temperature, top_k=args.top_k)
-    out = jax.device_get(out)
+    try:
+        out = jax.device_get(generate(model, prompt, args.max_new_tokens, key=jax.random.key(args.seed),
+                                      temperature=args.temperature, top_k=args.top_k))
+    except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
+        return 130
     seconds = time.time() - t0
     for row in out:
         if tokenizer is not None:

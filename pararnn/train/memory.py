@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import OrderedDict
@@ -9,7 +10,8 @@ from collections import OrderedDict
 import jax
 import jax.numpy as jnp
 
-from .config import Config
+from .config import Config, MeshConfig
+from .errors import TrainingError
 
 GiB = 2 ** 30
 
@@ -89,3 +91,67 @@ def fit_suggestion(cfg: Config, n_params: int, device_gib: float = 80.0) -> str:
             return (f"it fits on {fsdp} devices of {device_gib:.0f} GiB with --set mesh.fsdp={fsdp} "
                     f"(~{need / GiB:.1f} GiB each)")
     return f"it needs more than 512 devices of {device_gib:.0f} GiB"
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshPlan:
+    """The (data, fsdp) mesh a config asks for, given how many devices are ``available``.
+
+    ``mesh.data=-1`` means "all devices the fsdp axis leaves", at least 1. ``--dry-run``
+    and the memory preflight both estimate per device on this plan, so they agree.
+    """
+
+    data: int
+    fsdp: int
+    available: int
+
+    @property
+    def devices(self) -> int:
+        return self.data * self.fsdp
+
+    def describe(self) -> str:
+        return f"data {self.data} × fsdp {self.fsdp} = {self.devices} device{'s' if self.devices != 1 else ''}"
+
+
+def plan_mesh(mesh: MeshConfig, available: int) -> MeshPlan:
+    data = mesh.data if mesh.data > 0 else max(available // mesh.fsdp, 1)
+    return MeshPlan(data=data, fsdp=mesh.fsdp, available=available)
+
+
+def _breakdown(need: dict) -> str:
+    return (f"parameters {need['params'] / GiB:.1f}, gradients {need['grads'] / GiB:.1f}, AdamW state "
+            f"{need['optimizer'] / GiB:.1f}, activations {need['activations'] / GiB:.1f}")
+
+
+def memory_preflight(cfg: Config, n_params: int, available: int,
+                     device_memory: tuple[int | None, str] | None = None) -> dict:
+    """Check, before anything is allocated, that ``cfg`` fits the ``available`` devices.
+
+    Estimates bytes per device on :func:`plan_mesh`'s mesh (the one ``--dry-run`` reports);
+    raises :class:`TrainingError` naming that mesh and the estimate when the mesh needs more
+    devices than are available or a device's memory (``device_memory``: ``(bytes, where the
+    number came from)``, default :func:`device_memory_bytes`) is too small. Returns the
+    estimate (``estimate_bytes_per_device``'s dict)."""
+    plan = plan_mesh(cfg.mesh, available)
+    need = estimate_bytes_per_device(cfg, n_params, plan.devices, plan.fsdp)
+    have, source = device_memory if device_memory is not None else device_memory_bytes()
+    what = f"config {cfg.name!r} ({n_params / 1e9:.2f} B parameters)"
+    if plan.devices > available:
+        here = ""
+        if have is not None:
+            alone = estimate_bytes_per_device(cfg, n_params, available, 1)["total"]
+            here = (f"; with mesh.fsdp=1 on the {available} device{'s' if available != 1 else ''} here it would "
+                    f"need about {alone / GiB:.1f} GiB per device, and a device here has {have / GiB:.1f} GiB "
+                    f"({source})")
+        raise TrainingError(
+            f"not enough devices: {what} is set up for a mesh of {plan.describe()} (mesh.data={cfg.mesh.data}, "
+            f"mesh.fsdp={cfg.mesh.fsdp}), where it needs about {need['total'] / GiB:.1f} GiB per device "
+            f"({_breakdown(need)}; the --dry-run estimate), but {available} device{'s are' if available != 1 else ' is'} "
+            f"available{here}. Run it where {plan.devices} devices are available (several hosts: see README), "
+            f"or set mesh.fsdp / mesh.data for this machine.")
+    if have is not None and need["total"] > have:
+        raise TrainingError(
+            f"not enough memory: {what} needs about {need['total'] / GiB:.1f} GiB per device ({_breakdown(need)}) "
+            f"on a mesh of {plan.describe()} (mesh.data={cfg.mesh.data}, mesh.fsdp={cfg.mesh.fsdp}), but a device "
+            f"here has {have / GiB:.1f} GiB ({source}). {fit_suggestion(cfg, n_params)}.")
+    return need

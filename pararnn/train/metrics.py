@@ -63,6 +63,12 @@ class MetricsWriter:
             f.flush()
 
 
+def announce(text: str) -> None:
+    """A one-off message to the user (resume, warnings, interrupts), on stderr, process 0 only."""
+    if jax.process_index() == 0:
+        print(text, file=sys.stderr, flush=True)
+
+
 class Progress:
     """tqdm on a terminal; otherwise a plain line every ``log_every`` steps."""
 
@@ -70,23 +76,27 @@ class Progress:
         self.interactive = enabled and sys.stderr.isatty() and jax.process_index() == 0
         self.quiet = not enabled or jax.process_index() != 0
         self.log_every = log_every
-        self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, unit="step") if self.interactive else None
+        self.total = total
+        self.bar = (tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, unit="step")
+                    if self.interactive else None)
         self.start = time.time()
 
     def update(self, step: int, record: dict) -> None:
-        text = f"loss {record['loss']:.4f}  {record['tokens_per_sec']:.0f} tok/s"
+        text = f"loss {record['loss']:.4f}  {record['tokens_per_sec']:,.0f} tok/s"
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix_str(text, refresh=True)
         elif not self.quiet and (step % self.log_every == 0 or "eval_loss" in record):
             extra = f"  eval loss {record['eval_loss']:.4f}" if "eval_loss" in record else ""
-            print(f"step {step}: {text}{extra}", file=sys.stderr, flush=True)
+            lr = f"  lr {record['lr']:.2e}" if "lr" in record else ""
+            width = len(str(self.total))
+            print(f"step {step:>{width}}/{self.total}  {text}{lr}{extra}", file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:
         """Important one-off messages (resume, preemption): shown even without a bar."""
         if jax.process_index() != 0:
             return
-        (self.bar.write if self.bar is not None else lambda t: print(t, file=sys.stderr, flush=True))(text)
+        (self.bar.write if self.bar is not None else announce)(text)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .checkpoint import Checkpointer, abstract_with_shardings
+from .checkpoint import Checkpointer, UnreadableCheckpoint, abstract_with_shardings
 from .config import Config, ConfigError, config_to_dict
 
 
@@ -33,7 +33,7 @@ def restore_spawn_state(cfg: Config, abstract_state: Any, shardings: Any) -> tup
     schedule continues where the parent was.
     """
     workdir = _parent_workdir(cfg.train.spawn_from)
-    ckpt = Checkpointer(workdir, keep=1_000_000, async_save=False)
+    ckpt = Checkpointer(workdir, keep=1_000_000, async_save=False, read_only=True)
     try:
         steps = sorted(ckpt.manager.all_steps())
         if not steps:
@@ -44,8 +44,11 @@ def restore_spawn_state(cfg: Config, abstract_state: Any, shardings: Any) -> tup
                               f"available: {steps}.")
         if step >= cfg.train.steps:
             raise ConfigError(f"train.spawn_step={step} must be below train.steps={cfg.train.steps}.")
-        import orbax.checkpoint as ocp
-        meta = ckpt.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        try:
+            meta = ckpt.read_meta(step)
+        except UnreadableCheckpoint as e:
+            raise ConfigError(f"cannot spawn from {workdir!r} step {step}: {e.reason}; pick another "
+                              f"train.spawn_step (available: {steps}).") from None
         parent_model = meta.get("config", {}).get("model")
         ours = config_to_dict(cfg)["model"]
         if parent_model != ours:
@@ -56,9 +59,10 @@ def restore_spawn_state(cfg: Config, abstract_state: Any, shardings: Any) -> tup
                               f"parent's model settings.")
         try:
             state, meta = ckpt.restore(step, abstract_with_shardings(abstract_state, shardings))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"cannot spawn from {workdir!r} step {step}: its train state does not match this "
-                              f"config's (optimizer settings differ?): {e}") from None
+        except UnreadableCheckpoint as e:
+            raise ConfigError(f"cannot spawn from {workdir!r} step {step}: its train state does not read back "
+                              f"into this config's ({e.reason}; optimizer settings differ, or the checkpoint is "
+                              f"damaged).") from None
     finally:
         ckpt.close()
     return state, step, meta

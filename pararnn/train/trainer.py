@@ -1,11 +1,10 @@
-"""The training loop: sharded jitted steps, metrics one step late, checkpoints, resume."""
+"""The training loop: sharded jitted steps, metrics one step late, checkpoints, resume,
+interrupts (see :mod:`.resume`, :mod:`.workdir`, :mod:`.interrupts`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import signal
 import time
 from typing import Any
 
@@ -18,15 +17,18 @@ from flax import nnx
 from ..models import LanguageModel
 from . import data as data_lib
 from .checkpoint import Checkpointer, abstract_with_shardings
-from .config import Config, ConfigError, config_to_dict
-from .memory import GiB, count_params, device_memory_bytes, estimate_bytes_per_device, fit_suggestion
+from .config import Config, ConfigError, config_to_dict, validate_config
+from .errors import TrainingError
+from .interrupts import Interrupts
+from .memory import count_params, memory_preflight
 from .mesh import batch_sharding, local_rows, make_mesh, mesh_devices, replicated, state_shardings, to_global
-from .metrics import MetricsWriter, Progress, peak_flops_per_device, train_flops_per_token
+from .metrics import MetricsWriter, Progress, announce, peak_flops_per_device, train_flops_per_token
 from .optim import lm_loss, make_optimizer, schedule
+from .resume import find_resume_point, nothing_to_do_message, report_changes
+from .workdir import check_workdir_path, last_metrics, move_previous_run, write_config
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, not enough memory); the message says why."""
+__all__ = ["train", "TrainingError", "build_model", "abstract_params", "memory_preflight", "check_batch",
+           "make_steps"]
 
 
 def build_model(cfg: Config, vocab_size: int, rngs: nnx.Rngs, sow_info: bool = False) -> LanguageModel:
@@ -52,42 +54,6 @@ def check_batch(cfg: Config, n_devices: int) -> None:
     if (b // acc) % n_devices:
         raise ConfigError(f"data.batch_size / optim.grad_accum = {b // acc} sequences per micro-batch must "
                           f"be divisible by the {n_devices} devices of the mesh.")
-
-
-def memory_preflight(cfg: Config, n_params: int, n_devices: int, fsdp: int) -> dict:
-    need = estimate_bytes_per_device(cfg, n_params, n_devices, fsdp)
-    have, source = device_memory_bytes()
-    if have is not None and need["total"] > have:
-        raise TrainingError(
-            f"not enough memory: config {cfg.name!r} ({n_params / 1e9:.2f} B parameters) needs about "
-            f"{need['total'] / GiB:.1f} GiB per device (parameters {need['params'] / GiB:.1f}, gradients "
-            f"{need['grads'] / GiB:.1f}, AdamW state {need['optimizer'] / GiB:.1f}, activations "
-            f"{need['activations'] / GiB:.1f}) on {n_devices} device(s) with mesh.fsdp={fsdp}, but a device "
-            f"here has {have / GiB:.1f} GiB ({source}). {fit_suggestion(cfg, n_params)}."
-        )
-    return need
-
-
-class _Preemption:
-    """SIGTERM → finish the current step, save a checkpoint, exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def make_steps(cfg: Config, graphdef, optimizer, sched, mesh, shardings):
@@ -133,73 +99,98 @@ def make_steps(cfg: Config, graphdef, optimizer, sched, mesh, shardings):
     return train_jit, eval_jit
 
 
-def train(cfg: Config, workdir: str) -> dict:
-    """Train per ``cfg`` in ``workdir`` (resuming from its latest checkpoint). Returns a summary."""
-    graphdef, abstract = abstract_params(cfg, cfg.model.vocab_size)
-    n_params = count_params(abstract)
-    # Memory first (before the mesh, data or any allocation): what this machine can hold.
-    n_avail = len(mesh_devices(cfg.mesh))
-    memory_preflight(cfg, n_params, n_avail, cfg.mesh.fsdp if n_avail % cfg.mesh.fsdp == 0 else 1)
-    mesh = make_mesh(cfg.mesh)
-    n_devices = mesh.size
-    check_batch(cfg, n_devices)
-    steps = cfg.train.steps
-    data = data_lib.load_data(cfg.data, max_train_sequences=steps * cfg.data.batch_size)
-    if data.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocabulary "
-                          f"({data.vocab_size}); set --set model.vocab_size={data.vocab_size}.")
-    os.makedirs(workdir, exist_ok=True)
-
-    optimizer = make_optimizer(cfg.optim, steps)
-    sched = schedule(cfg.optim, steps)
-    abstract_state = {"params": abstract, "opt_state": jax.eval_shape(optimizer.init, abstract),
-                      "step": jax.ShapeDtypeStruct((), jnp.int32)}
-    shardings = state_shardings(mesh, abstract_state)
-
+def _initial_state(cfg: Config, optimizer, shardings):
     @jax.jit
     def init_state():
         model = build_model(cfg, cfg.model.vocab_size, nnx.Rngs(cfg.train.seed), sow_info=True)
         params = nnx.split(model, nnx.Param)[1]
         return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
 
+    return jax.jit(init_state, out_shardings=shardings)()
+
+
+def train(cfg: Config, workdir: str) -> dict:
+    """Train per ``cfg`` in ``workdir``, resuming its run (see :mod:`.resume`). Returns a
+    summary: ``final_step`` (the last checkpoint), ``last`` (the last metrics record),
+    ``start_step``, ``params``, ``workdir``, ``interrupted`` ("SIGINT"/"SIGTERM" or None),
+    ``preempted`` (SIGTERM), ``nothing_to_do``."""
+    validate_config(cfg)
+    check_workdir_path(workdir)
+    graphdef, abstract = abstract_params(cfg, cfg.model.vocab_size)
+    n_params = count_params(abstract)
+    # Memory first (before the mesh, data or any allocation): what this machine can hold.
+    memory_preflight(cfg, n_params, len(mesh_devices(cfg.mesh)))
+    mesh = make_mesh(cfg.mesh)
+    n_devices = mesh.size
+    check_batch(cfg, n_devices)
+    os.makedirs(workdir, exist_ok=True)
+    if not cfg.train.resume:
+        moved = move_previous_run(workdir)
+        if moved:
+            announce(f"train.resume=false: moved the previous run's checkpoints and metrics to {moved} "
+                     f"(kept, not deleted); starting afresh.")
+
+    shapes_optimizer = make_optimizer(cfg.optim, cfg.train.steps)  # state shapes do not depend on steps
+    abstract_state = {"params": abstract, "opt_state": jax.eval_shape(shapes_optimizer.init, abstract),
+                      "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    shardings = state_shardings(mesh, abstract_state)
     # the training batches' order (data.order_seed; by default data.seed, as before)
     order_seed = cfg.data.seed if cfg.data.order_seed is None else cfg.data.order_seed
     ckpt = Checkpointer(workdir, cfg.train.keep_checkpoints)
-    start, spawned = ckpt.latest_step(), False
-    if start is not None:
-        state, meta = ckpt.restore(start, abstract_with_shardings(abstract_state, shardings))
-        if meta.get("seed") != cfg.train.seed or meta.get("data_seed") != cfg.data.seed:
-            raise ConfigError(f"workdir {workdir!r} holds a run with train.seed={meta.get('seed')}, "
-                              f"data.seed={meta.get('data_seed')}; use a new --workdir to change seeds.")
-        if meta.get("order_seed", meta.get("data_seed")) != order_seed:
-            raise ConfigError(f"workdir {workdir!r} holds a run with data order seed {meta.get('order_seed')}, "
-                              f"not {order_seed}; use a new --workdir to change seeds.")
-        if meta.get("data_position") != start * cfg.data.batch_size:
-            raise ConfigError(f"workdir {workdir!r} was trained with a different data.batch_size "
-                              f"(data position {meta.get('data_position')} at step {start}).")
+    try:
+        return _train(cfg, workdir, ckpt, graphdef, abstract_state, shardings, mesh, n_params, order_seed)
+    finally:
+        ckpt.close()
+
+
+def _train(cfg, workdir, ckpt, graphdef, abstract_state, shardings, mesh, n_params, order_seed) -> dict:
+    steps, n_devices, b = cfg.train.steps, mesh.size, cfg.data.batch_size
+    point = find_resume_point(ckpt, cfg, workdir, abstract_with_shardings(abstract_state, shardings), announce)
+    summary: dict[str, Any] = {"params": n_params, "workdir": workdir, "interrupted": None, "preempted": False,
+                               "nothing_to_do": False, "spawned": False}
+    if point is not None and point.state is None:
+        announce(nothing_to_do_message(workdir, point, cfg))
+        summary.update(start_step=point.step, final_step=point.step, last=last_metrics(workdir, point.step),
+                       nothing_to_do=True)
+        return summary
+    if point is not None:
+        state, start, schedule_steps = point.state, point.step, point.schedule_steps
+        announce(f"resuming from step {start} ({ckpt.step_path(start)})")
+        report_changes(point, cfg, announce)
     elif cfg.train.spawn_from:
         from .spawn import restore_spawn_state
         state, start, _ = restore_spawn_state(cfg, abstract_state, shardings)
-        spawned = True
+        schedule_steps, summary["spawned"] = steps, True
     else:
-        state = jax.jit(init_state, out_shardings=shardings)()
-        start = 0
+        state, start, schedule_steps = None, 0, steps
+    write_config(workdir, cfg)
+
+    optimizer = make_optimizer(cfg.optim, schedule_steps)
+    sched = schedule(cfg.optim, schedule_steps)
+    if state is None:
+        state = _initial_state(cfg, optimizer, shardings)
+    if cfg.data.streaming and steps > schedule_steps:
+        announce(f"warning: data.streaming: train.steps={steps} reads {steps - schedule_steps} more batches of "
+                 f"the stream than the run started with, so the held-out split and the batch order from here "
+                 f"on differ from the original run's.")
+    data = data_lib.load_data(cfg.data, max_train_sequences=max(steps, schedule_steps) * b)
+    if data.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the data's vocabulary "
+                          f"({data.vocab_size}); set --set model.vocab_size={data.vocab_size}.")
     train_step, eval_step = make_steps(cfg, graphdef, optimizer, sched, mesh, shardings)
 
     writer = MetricsWriter(workdir, start if start else None)
     progress = Progress(steps, start, cfg.train.progress, cfg.train.log_every)
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    tokens_per_step = b * cfg.data.seq_len
     peak = peak_flops_per_device()
     flops_per_token = train_flops_per_token(n_params)
-    b, rows = cfg.data.batch_size, local_rows(cfg.data.batch_size)
-    if spawned:
+    rows = local_rows(b)
+    if summary["spawned"]:
         progress.message(f"spawned from step {start} of {cfg.train.spawn_from} (data order seed {order_seed})")
-    elif start:
-        progress.message(f"resumed from step {start} ({ckpt.directory})")
 
     def meta_for(step):
         return {"step": step, "data_position": step * b, "seed": cfg.train.seed, "data_seed": cfg.data.seed,
-                "order_seed": order_seed, "config": config_to_dict(cfg)}
+                "order_seed": order_seed, "schedule_steps": schedule_steps, "config": config_to_dict(cfg)}
 
     def evaluate(params):
         n_eval = len(data.eval)
@@ -210,7 +201,7 @@ def train(cfg: Config, workdir: str) -> dict:
         return {f"eval_{k}": float(np.mean([r[k] for r in results])) for k in ("loss", "accuracy")}
 
     last_good, pending, t_last, last_record = start, None, time.time(), None
-    summary: dict[str, Any] = {"start_step": start, "spawned": spawned}
+    summary["start_step"] = start
 
     def finish(pending_item) -> dict:
         """Fetch a step's metrics (one step late), check them, log them."""
@@ -229,8 +220,8 @@ def train(cfg: Config, workdir: str) -> dict:
             record["mfu"] = record["tokens_per_sec"] * flops_per_token / (peak * n_devices)
         return record
 
-    with _Preemption() as preempt:
-        try:
+    try:
+        with Interrupts() as interrupts:
             for s in range(start, steps):
                 batch = to_global(data_lib.get_batch(data.train, s * b, b, order_seed, rows), mesh, b)
                 state, metrics = train_step(state, batch)
@@ -242,7 +233,9 @@ def train(cfg: Config, workdir: str) -> dict:
                     progress.update(record["step"], record)
                     last_record = record
                 pending = (done, metrics)
-                stopping = preempt.requested or done == cfg.train.stop_after
+                # a signal during the last step changes nothing: the run is complete
+                signalled = interrupts.received is not None and done < steps
+                stopping = signalled or done == cfg.train.stop_after
                 at_ckpt = done % cfg.train.checkpoint_every == 0 or done == steps or stopping
                 at_eval = cfg.train.eval_every and (done % cfg.train.eval_every == 0 or done == steps)
                 if at_ckpt or at_eval:
@@ -257,16 +250,22 @@ def train(cfg: Config, workdir: str) -> dict:
                         ckpt.save(done, state, meta_for(done), wait=stopping)
                         last_good = done
                 if stopping:
-                    reason = "SIGTERM" if preempt.requested else f"train.stop_after={done}"
-                    progress.message(f"{reason}: saved checkpoint at step {done}; exiting.")
-                    summary["preempted"] = preempt.requested
+                    where = ckpt.step_path(done)
+                    if interrupts.received == "SIGINT":
+                        progress.message(f"interrupted (SIGINT) after step {done}: saved a checkpoint to {where}. "
+                                         f"Run the same command again to resume.")
+                    elif interrupts.received == "SIGTERM":
+                        progress.message(f"preempted (SIGTERM) after step {done}: saved a checkpoint to {where}. "
+                                         f"Run the same command again to resume.")
+                    else:
+                        progress.message(f"train.stop_after={done}: saved a checkpoint to {where}; stopping.")
+                    summary["interrupted"] = interrupts.received if signalled else None
+                    summary["preempted"] = signalled and interrupts.received == "SIGTERM"
                     break
             if pending is not None:
-                writer.write(finish(pending))
-        finally:
-            progress.close()
-            ckpt.close()
-    summary.update({"final_step": last_good, "last": last_record, "params": n_params, "workdir": workdir})
+                last_record = finish(pending)
+                writer.write(last_record)
+    finally:
+        progress.close()
+    summary.update({"final_step": last_good, "last": last_record})
     return summary
-
-
