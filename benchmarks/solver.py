@@ -3,6 +3,7 @@
     python benchmarks/solver.py                 # the full sweep (T 2^8…2^16, batch 1/16, D 64/1024)
     python benchmarks/solver.py --quick         # a small grid, a couple of minutes on a laptop
     python benchmarks/solver.py --only-fallback # only the vmap fallback-overhead measurement
+    python benchmarks/solver.py --profile       # where one solve's time goes (solve_profile.py)
 
 For every structure (diagonal: ParaGRU, block: ParaLSTM 2×2, dense: GRU), state size D,
 batch and length T it prints a markdown table — median time, speedup over the sequential
@@ -124,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-minutes", type=float, default=None, help="stop starting new configs after this")
     ap.add_argument("--quick", action="store_true", help="T in {256, 4096}, batch 1/16, D 64")
     ap.add_argument("--only-fallback", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="time breakdown of one solve per structure (benchmarks/solve_profile.py)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/solver_<backend>.json)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -136,6 +139,22 @@ def main(argv=None) -> int:
     payload = {"environment": env, "command": " ".join(["python", "benchmarks/solver.py"] + (argv or sys.argv[1:])),
                "results": [], "skipped": [], "partial": False}
 
+    if args.profile:
+        from solve_profile import COLUMNS as PROFILE_COLUMNS, PROFILE_GRID, profile
+
+        rows = []
+        for cfg in PROFILE_GRID:
+            rows.append(profile(*cfg, repeats=args.repeats))
+            print(markdown_table(rows[-1:], PROFILE_COLUMNS).splitlines()[-1], flush=True)
+        text = markdown_table(rows, PROFILE_COLUMNS)
+        print("\n" + text)
+        path = os.path.join(os.path.dirname(out), f"solver_profile_{env['backend']}.json")
+        write_json(path, {"environment": env, "command": "python benchmarks/solver.py --profile",
+                          "rows": rows})
+        with open(os.path.splitext(path)[0] + ".md", "w") as f:
+            f.write(text + "\n")
+        print(f"\nwrote {path}")
+        return 0
     fb = fallback_overhead(args.repeats, dtype)
     payload["fallback_overhead"] = fb
     print(f"## Fallback cost on a converged vmapped solve (diagonal, batch {fb['batch']}, "

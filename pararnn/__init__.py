@@ -8,11 +8,13 @@ and differentiates the result exactly.
 from .jacobians import JacobianStructureError, check_jacobian
 from .newton import ConvergenceError, SolveInfo, default_max_iters, default_tol, solve
 from .scan import linear_recurrence
+from .sharded import solve_sharded
 
 __version__ = "0.1.0"
 
 __all__ = [
     "solve",
+    "solve_sharded",
     "linear_recurrence",
     "check_jacobian",
     "SolveInfo",

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["run_if", "match_varying"]
+__all__ = ["run_if", "run_if_any", "match_varying", "to_varying"]
 
 T = TypeVar("T")
 
@@ -46,6 +46,41 @@ def run_if(pred: jax.Array, fn: Callable[[T], T], operand: T) -> T:
         return jnp.logical_and(p, False), fn(x)
 
     return lax.while_loop(cond, body, (jnp.asarray(pred, bool), operand))[1]
+
+
+def run_if_any(pred: jax.Array, fn: Callable[[T], T], operand: T, any_device: Callable) -> T:
+    """:func:`run_if` whose branch runs on every device when ``pred`` holds on any of them
+    (``any_device`` reduces the predicate across the devices of a ``shard_map``), each
+    device then keeping ``fn``'s result only where its own ``pred`` holds. For branches
+    that contain collectives, which must run on all devices or none."""
+
+    def cond(carry):
+        return carry[0]
+
+    def body(carry):
+        p, x = carry
+        zero = p.astype(jnp.float32) * 0.0
+        y = fn(jax.tree_util.tree_map(lambda l: _tie(l, zero), x))
+        y = jax.tree_util.tree_map(lambda new, old: jnp.where(pred, new, old), y, x)
+        return jnp.logical_and(p, False), y
+
+    pred = jnp.asarray(pred, bool)
+    operand = match_varying(operand, operand, pred)  # the selection mixes in pred's axes
+    return lax.while_loop(cond, body, (any_device(pred), operand))[1]
+
+
+def to_varying(x, axes: tuple):
+    """``x`` marked varying over ``axes`` (inside ``shard_map``; a no-op where it already is,
+    or where varying axes are not tracked)."""
+    missing = tuple(a for a in axes if a not in _varying_axes(x))
+    if not missing or not _tracks_varying(x):
+        return x
+    return lax.pcast(x, missing, to="varying")
+
+
+def _tracks_varying(x) -> bool:
+    aval = jax.typeof(x)
+    return getattr(aval, "manual_axis_type", None) is not None or hasattr(aval, "vma")
 
 
 def _tie(leaf, zero):

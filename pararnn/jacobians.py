@@ -18,6 +18,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from .control import match_varying
 from .structure import BLOCK, DENSE, DIAGONAL, Structure, get_structure
 
 __all__ = ["JacobianSpec", "linearize", "check_jacobian", "JacobianStructureError"]
@@ -107,11 +108,12 @@ def _step_and_jacobian(step: StepFn, st: Structure, diagonal_only: bool) -> Step
         if st is DENSE:
             # column j of J is push(e_j): vmap over the basis with out_axes=1 lays J out
             # (D_row, D_col) directly
-            jac = jax.vmap(push, out_axes=1)(jnp.eye(h.shape[0], dtype=h.dtype))
+            jac = jax.vmap(push, out_axes=1)(match_varying(jnp.eye(h.shape[0], dtype=h.dtype), h))
             return y, (jnp.diagonal(jac) if diagonal_only else jac)
         k, n = h.shape
         # tangent k' sets entry k' of every channel's K-block: cols[k', i, n] = J_n[i, k']
-        cols = jax.vmap(push)(jnp.broadcast_to(jnp.eye(k, dtype=h.dtype)[:, :, None], (k, k, n)))
+        basis = jnp.broadcast_to(jnp.eye(k, dtype=h.dtype)[:, :, None], (k, k, n))
+        cols = jax.vmap(push)(match_varying(basis, h))
         if diagonal_only:
             return y, jnp.stack([cols[j, j] for j in range(k)])  # (K, N), like the state
         return y, jnp.transpose(cols, (2, 1, 0))  # (N, K_row, K_col)

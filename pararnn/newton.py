@@ -18,53 +18,24 @@ same parallel scan, then takes one VJP of ``step`` over all t.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
-import numpy as np
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from . import validate
-from .adjoint import BACKWARDS, parallel_adjoint, rebuild_jacobian, sequential_adjoint
+from .adjoint import BACKWARDS
 from .auto import choose_backward, choose_method
-from .control import match_varying, run_if
-from .jacobians import JacobianSpec, linearize, vmap_over_time
-from .newton_loop import default_max_iters, default_patience, iterate, residual_stats, within_tol
-from .scan import ALGORITHMS
-from .structure import DENSE, DIAGONAL, Structure
-from .working_set import check_fits, working_set_bytes
+from .control import match_varying
+from .jacobians import JacobianSpec, vmap_over_time
+from .newton_loop import default_max_iters, default_patience
+from .scan import ALGORITHMS, check_seq_axis
+from .sequential import prev_states, sequential_solve
+from .solve_core import check_working_set, make_core, sequential_info
+from .solve_types import ConvergenceError, SolveConfig, SolveInfo, not_converged_message
+from .structure import DENSE
 
 __all__ = ["solve", "SolveInfo", "ConvergenceError", "default_tol", "default_max_iters"]
-
-
-class SolveInfo(NamedTuple):
-    """What a solve did. A pytree: it passes through jit/vmap/pmap (gaining batch axes).
-
-    Attributes:
-      iterations: int32, Newton (or quasi-Newton) iterations taken, rejected damped steps
-        included; 0 for ``"sequential"``.
-      residual: ``max_t max|hs[t] − step(hs[t−1], xs[t])|`` of the returned states.
-      converged: whether the Newton iterate reached ``residual <= tol · max(1, max|hs|)``.
-      fell_back: whether the returned states come from the sequential fallback.
-      damping: the largest damping ``λ`` the iteration used (its Jacobians were attenuated
-        by ``1/(1+λ)``); 0 when it ran undamped throughout.
-      stalled: whether the iteration stopped early because the residual stopped falling
-        (see :mod:`pararnn.newton_loop`), rather than at the iteration budget.
-      rejected: int32, damped steps rejected because they made the residual blow up.
-    """
-
-    iterations: jax.Array
-    residual: jax.Array
-    converged: jax.Array
-    fell_back: jax.Array
-    damping: jax.Array
-    stalled: jax.Array
-    rejected: jax.Array
-
-
-class ConvergenceError(RuntimeError):
-    """Newton did not converge and ``fallback="raise"`` was requested."""
 
 
 # Default tolerances on the residual max|h_t − step(h_{t−1}, x_t)|, per state dtype. They sit
@@ -82,21 +53,6 @@ _DEFAULT_TOL = {
 def default_tol(dtype) -> float:
     """The default ``tol`` for states of ``dtype``."""
     return _DEFAULT_TOL[jnp.dtype(dtype)]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Config:
-    structure: Structure
-    method: str  # "newton" | "quasi"
-    max_iters: int
-    patience: int
-    damping: str | float
-    tol: float
-    fallback: str
-    algorithm: str
-    raise_in_graph: bool
-    backward: str  # "parallel" | "sequential" | "autodiff"
-    want_residual: bool  # the sequential forward skips it when nobody reads the info
 
 
 def solve(
@@ -117,6 +73,7 @@ def solve(
     damping: str | float = "auto",
     patience: int | None = None,
     backward: str = "auto",
+    seq_axis: str | None = None,
 ):
     """All states of ``h_t = step(h_{t-1}, xs[t], params)`` for t = 0 … T−1, in parallel.
 
@@ -167,6 +124,15 @@ def solve(
         ``method="sequential"``), or ``"auto"`` (:func:`pararnn.auto.choose_backward`: by
         backend, structure, sizes and the forward method). The forward and the backward are
         chosen independently: a sequential forward can have a parallel backward.
+      seq_axis: inside :func:`jax.shard_map`, the mesh axis the sequence is split over: ``xs``
+        (and ``init``) are this device's shard of consecutive time steps (devices in
+        axis-index order), ``h0`` is the state before the whole sequence (the same on every
+        device), and the result is this device's shard of ``hs``. Each Newton iteration
+        exchanges only per-device summaries (:mod:`pararnn.seq_parallel`); convergence,
+        damping, the fallback (a pipelined sequential pass across the devices) and ``info``
+        are global. ``method="auto"`` then picks Newton (quasi for dense Jacobians): the
+        sequential alternative serialises the devices. Gradients use the parallel adjoint,
+        split the same way. For global arrays see :func:`pararnn.solve_sharded`.
       patience: stop as stalled (then fall back / raise) when the mean residual has not
         halved for this many iterations; default :func:`pararnn.newton_loop.default_patience`
         (an eighth of the default budget, at least 16).
@@ -197,12 +163,22 @@ def solve(
     tol = validate.check_tol(tol)
     if tol is None:
         tol = default_tol(h0.dtype)
+    seq = None if seq_axis is None else check_seq_axis(seq_axis)
+    length = t if seq is None else t * seq.size()  # the whole sequence's T
     if method == "auto":
-        method = choose_method(structure, t, h0.shape, dtype=h0.dtype)
+        if seq is None:
+            method = choose_method(structure, t, h0.shape, dtype=h0.dtype)
+        else:
+            method = "quasi" if structure is DENSE and h0.shape[0] > 16 else "newton"
     elif method != "sequential":
-        _check_working_set(structure, method, t, h0, "forward")
+        check_working_set(structure, method, t, h0, "forward")
+    if seq is not None and backward not in ("auto", "parallel"):
+        raise ValueError(
+            f"with seq_axis={seq_axis!r} gradients use the parallel adjoint split across the "
+            f"devices; got backward={backward!r} (use 'auto' or 'parallel').")
     if backward == "auto":
-        backward = choose_backward(structure, method, t, h0.shape, dtype=h0.dtype)
+        backward = "parallel" if seq is not None else choose_backward(
+            structure, method, t, h0.shape, dtype=h0.dtype)
     elif backward == "autodiff" and method != "sequential":
         raise ValueError(
             f"backward='autodiff' (backpropagation through the sequential scan) needs "
@@ -210,11 +186,11 @@ def solve(
             f"'sequential' to solve the adjoint recurrence instead.")
     operands = (h0, xs, params, init)
     traced = _under_trace(operands)
-    cfg = _Config(
+    cfg = SolveConfig(
         structure=structure,
         method=method,
-        max_iters=max_iters if max_iters is not None else default_max_iters(method, t),
-        patience=patience if patience is not None else default_patience(t, method),
+        max_iters=max_iters if max_iters is not None else default_max_iters(method, length),
+        patience=patience if patience is not None else default_patience(length, method),
         damping=damping,
         tol=tol,
         fallback=fallback,
@@ -222,6 +198,7 @@ def solve(
         raise_in_graph=traced,
         backward=backward,
         want_residual=return_info or fallback == "raise",
+        seq=seq,
     )
     if traced:
         hs, info = _solve(cfg, step, jac_fns, *operands)
@@ -238,15 +215,15 @@ def solve(
                 cfg = dataclasses.replace(cfg, raise_in_graph=True)
                 hs, info = _solve(cfg, step, jac_fns, *operands)
             elif not bool(info.converged):
-                raise ConvergenceError(_not_converged_message(
+                raise ConvergenceError(not_converged_message(
                     info.residual, info.iterations, tol, info.stalled))
     return (hs, info) if return_info else hs
 
 
-def _solve(cfg: "_Config", step, jac_fns, h0, xs, params, init):
+def _solve(cfg: SolveConfig, step, jac_fns, h0, xs, params, init):
     if cfg.method == "sequential" and cfg.backward == "autodiff":
         hs = sequential_solve(step, h0, xs, params)
-        return hs, _sequential_info(cfg, lambda: vmap_over_time(step)(_shift(h0, hs), xs, params), hs)
+        return hs, sequential_info(cfg, lambda: vmap_over_time(step)(prev_states(h0, hs), xs, params), hs)
     x0 = jax.tree_util.tree_map(lambda l: l[0], xs)
     step_c, consts = _hoist_closure(step, h0, x0, params)
     hoisted = [(None, ()) if fn is None else _hoist_closure(fn, h0, x0, params) for fn in jac_fns]
@@ -257,7 +234,7 @@ def _solve(cfg: "_Config", step, jac_fns, h0, xs, params, init):
     # returns cotangents typed like its inputs, and the sum over devices of a replicated
     # input's cotangent is the transpose of this cast, done by JAX outside the custom VJP.
     operands = match_varying(operands, operands)
-    return _make_core(cfg, step_c, spec)(*operands)
+    return make_core(cfg, step_c, spec)(*operands)
 
 
 _solve_jit = jax.jit(_solve, static_argnums=(0, 1, 2))
@@ -293,186 +270,3 @@ def _under_trace(operands) -> bool:
     )
 
 
-def sequential_solve(step: Callable, h0: jax.Array, xs: Any, params: Any, *consts) -> jax.Array:
-    """The reference: ``lax.scan`` of ``step`` over time. ``(T, *h0.shape)``."""
-
-    def body(h, x):
-        h = step(h, x, params, *consts)
-        return h, h
-
-    return lax.scan(body, match_varying(h0, xs, params, consts), xs)[1]
-
-
-def sequential_fallback(step: Callable, h0: jax.Array, xs: Any, params: Any, *consts) -> jax.Array:
-    """``sequential_solve`` written as a loop that indexes ``xs`` in place (forward only).
-
-    Under ``vmap`` a ``lax.scan`` over batched ``xs`` first moves time to the front — a
-    transpose that does not depend on the loop it sits in, so XLA hoists it out of the
-    fallback branch and every converged solve pays for it. Dynamic indexing along the
-    time axis needs no transpose, so a fallback that does not run costs nothing.
-    """
-    t = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    h_init = match_varying(h0, xs, params, consts)
-    out = match_varying(jnp.zeros((t,) + h0.shape, h0.dtype), h_init)
-
-    def body(i, carry):
-        h, out = carry
-        x = jax.tree_util.tree_map(lambda l: lax.dynamic_index_in_dim(l, i, 0, keepdims=False), xs)
-        h = step(h, x, params, *consts)
-        return h, lax.dynamic_update_index_in_dim(out, h, i, 0)
-
-    return lax.fori_loop(0, t, body, (h_init, out))[1]
-
-
-def _shift(h0: jax.Array, hs: jax.Array) -> jax.Array:
-    """``hprev[t] = hs[t-1]``, ``hprev[0] = h0``."""
-    return jnp.concatenate([h0[None], hs[:-1]], axis=0)
-
-
-def _not_converged_message(residual, iterations, tol, stalled=False) -> str:
-    why = (" (stalled: the residual stopped falling; raise patience= to keep trying)"
-           if bool(np.any(stalled)) else " (or NaN/Inf appeared)")
-    return (
-        f"pararnn.solve: Newton did not converge: residual {float(np.max(residual)):.3g} > tol "
-        f"{tol:.3g} after {int(np.max(iterations))} iterations{why}. Use "
-        f"fallback='sequential' to get the sequential answer instead, raise max_iters, or use a "
-        f"more contractive cell."
-    )
-
-
-def _forward(cfg: _Config, step_c, spec, h0, xs, params, consts, jconsts, init, *, keep_jacobian):
-    """Newton iterations plus fallback. Returns ``(hs, info, J)``; ``J`` is the exact
-    Jacobian at the solution when ``keep_jacobian`` and it is cheap to keep, else None."""
-    st = cfg.structure
-    quasi = cfg.method == "quasi"
-    iter_structure = DIAGONAL if quasi else st
-    f_all = vmap_over_time(step_c, len(consts))
-    if cfg.method == "sequential":  # a sequential forward under the custom (adjoint) VJP
-        hs = sequential_solve(step_c, h0, xs, params, *consts)
-        return hs, _sequential_info(cfg, lambda: f_all(_shift(h0, hs), xs, params, *consts), hs), None
-
-    def lin(hs):
-        return linearize(
-            step_c, spec, _shift(h0, hs), xs, params, consts, jconsts, diagonal_only=quasi
-        )
-
-    if init is None:
-        zeros = jnp.zeros((jax.tree_util.tree_leaves(xs)[0].shape[0],) + h0.shape, h0.dtype)
-        init = f_all(zeros, xs, params, *consts)
-    hs, jac, progress = iterate(
-        lin, init, h0, structure=iter_structure, algorithm=cfg.algorithm, tol=cfg.tol,
-        max_iters=cfg.max_iters, patience=cfg.patience, damping=cfg.damping)
-    iters, res = progress.iterations, progress.residual
-    converged = within_tol(res, hs, cfg.tol)
-
-    # The parallel adjoint reuses the Newton Jacobians at the solution when they are exact
-    # (not quasi) and not dense (T·D² is better rebuilt in the backward than kept meanwhile).
-    keep = keep_jacobian and cfg.backward == "parallel" and not quasi and st is not DENSE
-    result = (hs, jac if keep else None, res)
-    if cfg.fallback == "sequential":
-
-        def fall_back(operand):
-            # Everything is computed from the operand's h0 (tied to the loop predicate by
-            # run_if) so that XLA cannot hoist this sequential solve out of the branch.
-            h_start, _ = operand
-            hs_seq = sequential_fallback(step_c, h_start, xs, params, *consts)
-            if keep:
-                fh_seq, jac_seq = linearize(step_c, spec, _shift(h_start, hs_seq), xs, params,
-                                            consts, jconsts)
-            else:
-                fh_seq, jac_seq = f_all(_shift(h_start, hs_seq), xs, params, *consts), None
-            return h_start, (hs_seq, jac_seq, residual_stats(fh_seq, hs_seq)[0])
-
-        _, result = run_if(~converged, fall_back, (h0, result))
-        fell_back = ~converged
-    else:
-        fell_back = jnp.zeros((), bool)
-        if cfg.fallback == "raise" and cfg.raise_in_graph:
-
-            def report(r):
-                jax.debug.callback(_raise_if_not_converged, converged, res, iters,
-                                   progress.stalled, cfg.tol)
-                return r
-
-            result = run_if(~converged, report, result)
-    hs, jac, res = result
-    info = SolveInfo(iters, res, converged, fell_back, progress.damping, progress.stalled,
-                     progress.rejected)
-    return hs, info, jac
-
-
-def _check_working_set(structure: Structure, method: str, t: int, h0, pass_: str) -> None:
-    """An explicitly requested parallel pass that cannot fit the device fails here, naming
-    the sizes, instead of as an out-of-memory crash inside XLA (per sequence: under vmap the
-    batch multiplies it, which the layers check for themselves)."""
-    need = working_set_bytes(structure, t, h0.shape, h0.dtype, pass_=pass_, method=method)
-    what = ("the parallel forward (method={method!r})" if pass_ == "forward"
-            else "the parallel adjoint (backward='parallel')").format(method=method)
-    check_fits(need, f"pararnn.solve: {what}",
-               f"T={t}, state {tuple(h0.shape)} {jnp.dtype(h0.dtype).name}, "
-               f"{structure.name} Jacobians",
-               "Use method='sequential' / backward='sequential' (O(T·D) memory), or 'auto' to "
-               "let pararnn choose a path that fits.")
-
-
-def _sequential_info(cfg: _Config, step_outputs: Callable[[], jax.Array], hs) -> SolveInfo:
-    """The info of a sequential solve; its residual (one more batched step evaluation) only
-    when someone reads it."""
-    zero, false = jnp.zeros((), jnp.int32), jnp.zeros((), bool)
-    dt = jnp.float64 if hs.dtype == jnp.float64 else jnp.float32
-    if cfg.want_residual:
-        res, _ = residual_stats(step_outputs(), hs)
-        converged = within_tol(res, hs, cfg.tol)
-    else:
-        res, converged = jnp.zeros((), dt), jnp.ones((), bool)
-    return SolveInfo(zero, res, converged, false, jnp.zeros((), dt), false, zero)
-
-
-def _raise_if_not_converged(converged, residual, iterations, stalled, tol):
-    if not np.all(converged):
-        raise ConvergenceError(_not_converged_message(residual, iterations, tol, stalled))
-
-
-def _zero_cotangent(x):
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        return jnp.zeros_like(x)
-    return np.zeros(x.shape, dtype=jax.dtypes.float0)
-
-
-def _make_core(cfg: _Config, step_c: Callable, spec: JacobianSpec):
-    st = cfg.structure
-
-    @jax.custom_vjp
-    def core(h0, xs, params, consts, jconsts, init):
-        hs, info, _ = _forward(
-            cfg, step_c, spec, h0, xs, params, consts, jconsts, init, keep_jacobian=False
-        )
-        return hs, info
-
-    def core_fwd(h0, xs, params, consts, jconsts, init):
-        hs, info, jac = _forward(
-            cfg, step_c, spec, h0, xs, params, consts, jconsts, init, keep_jacobian=True
-        )
-        return (hs, info), (h0, xs, params, consts, jconsts, init, hs, jac)
-
-    def core_bwd(residuals, cotangents):
-        h0, xs, params, consts, jconsts, init, hs, jac = residuals
-        g_hs, _ = cotangents
-        hprev = _shift(h0, hs)
-        if cfg.backward == "sequential":
-            lam = sequential_adjoint(step_c, hprev, xs, params, consts, g_hs)
-        else:
-            _check_working_set(st, cfg.method, hs.shape[0], h0, "backward")
-            if jac is None:  # not kept by the forward: rebuild the exact Jacobians
-                jac = rebuild_jacobian(step_c, spec, hprev, xs, params, consts, jconsts)
-            lam = parallel_adjoint(st, jac, g_hs, h0, cfg.algorithm)
-        f_all = vmap_over_time(step_c, len(consts))
-        _, vjp = jax.vjp(lambda hp, x, p, c: f_all(hp, x, p, *c), hprev, xs, params, consts)
-        d_hprev, d_xs, d_params, d_consts = vjp(lam.astype(hs.dtype))
-        d_jconsts = jax.tree_util.tree_map(_zero_cotangent, jconsts)
-        d_init = None if init is None else jnp.zeros_like(init)
-        return d_hprev[0], d_xs, d_params, d_consts, d_jconsts, d_init
-
-    core.defvjp(core_fwd, core_bwd)
-    return core

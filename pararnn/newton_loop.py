@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .control import run_if
+from .control import match_varying, run_if, run_if_any
 from .scan import linear_recurrence
+from .seq_parallel import SeqAxis
 from .structure import Structure
 
 __all__ = ["default_max_iters", "default_patience", "Progress", "iterate", "residual_stats",
@@ -96,22 +97,31 @@ class Progress(NamedTuple):
     rejected: jax.Array  # int32, steps rejected by the adaptive damping
 
 
-def residual_stats(fh: jax.Array, hs: jax.Array) -> tuple[jax.Array, jax.Array]:
+def residual_stats(fh: jax.Array, hs: jax.Array,
+                   seq: SeqAxis | None = None) -> tuple[jax.Array, jax.Array]:
     """``(max, mean)`` of ``|fh − hs|`` in float32 at least; both ``inf`` if any entry is
     NaN/Inf. The finiteness test is explicit because XLA:CPU's vectorised max reduction
-    does not propagate NaN (an all-NaN array reduces to −inf), which would read as converged."""
+    does not propagate NaN (an all-NaN array reduces to −inf), which would read as converged.
+    With ``seq``: over the whole sequence (every device gets the same numbers)."""
     dt = jnp.float64 if hs.dtype == jnp.float64 else jnp.float32
     diff = jnp.abs(fh.astype(dt) - hs.astype(dt))
     finite = jnp.all(jnp.isfinite(diff))
+    biggest, total = jnp.max(diff), jnp.sum(diff)
+    if seq is not None:
+        finite, biggest, total = seq.all(finite), seq.max(biggest), seq.sum(total)
+    mean = total / (diff.size * (1 if seq is None else seq.size()))
     inf = jnp.asarray(jnp.inf, dt)
-    return jnp.where(finite, jnp.max(diff), inf), jnp.where(finite, jnp.mean(diff), inf)
+    return jnp.where(finite, biggest, inf), jnp.where(finite, mean, inf)
 
 
-def within_tol(res: jax.Array, hs: jax.Array, tol: float) -> jax.Array:
+def within_tol(res: jax.Array, hs: jax.Array, tol: float, seq: SeqAxis | None = None) -> jax.Array:
     """Converged: ``res <= tol · max(1, max|hs|)`` — absolute for states of magnitude up to 1,
     relative beyond, because rounding in the step scales with the state (an LSTM cell state
     of 100 cannot be resolved to 1e-5 absolute in float32)."""
-    scale = jnp.maximum(jnp.max(jnp.abs(hs)).astype(res.dtype), 1)
+    biggest = jnp.max(jnp.abs(hs)).astype(res.dtype)
+    if seq is not None:
+        biggest = seq.max(biggest)
+    scale = jnp.maximum(biggest, 1)
     # res is inf when any state is NaN/Inf (see residual_stats); res <= tol·inf would pass
     return jnp.isfinite(res) & jnp.isfinite(scale) & (res <= tol * scale)
 
@@ -141,6 +151,7 @@ def iterate(
     max_iters: int,
     patience: int,
     damping: str | float,
+    seq: SeqAxis | None = None,
 ) -> tuple[jax.Array, Any, Progress]:
     """Run the (damped) Newton iteration from ``init``.
 
@@ -153,6 +164,9 @@ def iterate(
       algorithm: the linear-recurrence algorithm.
       tol, max_iters, patience: stopping rules (module docstring).
       damping: ``"auto"`` (adaptive) or a fixed ``λ >= 0`` (``c = 1/(1+λ)``; 0 = Newton).
+      seq: the mesh axis the sequence is split over (``lin`` then exchanges the boundary
+        states itself); the linear solves and the residuals span the whole sequence, so
+        every device takes the same decisions.
 
     Returns:
       ``(hs, J, progress)``: the last iterate, its undamped Jacobians and what was done.
@@ -160,7 +174,7 @@ def iterate(
     adaptive = damping == "auto"
     c0 = 1.0 if adaptive else 1.0 / (1.0 + float(damping))
     fh, jac = lin(init)
-    res, merit = residual_stats(fh, init)
+    res, merit = residual_stats(fh, init, seq)
     dt = res.dtype
     state = _State(
         k=jnp.zeros((), jnp.int32), hs=init, fh=fh, jac=jac, res=res, merit=merit,
@@ -168,18 +182,31 @@ def iterate(
         max_lambda=jnp.asarray(0.0 if adaptive else float(damping), dt),
         rejected=jnp.zeros((), jnp.int32),
     )
+    if seq is not None:  # the carry mixes per-device values: type it varying throughout
+        state = match_varying(state, state)
+
+    def needs_more(s: _State):
+        return ((s.k < max_iters) & ~within_tol(s.res, s.hs, tol, seq) & jnp.isfinite(s.res)
+                & (s.since < patience))
 
     def keep_going(s: _State):
-        return ((s.k < max_iters) & ~within_tol(s.res, s.hs, tol) & jnp.isfinite(s.res)
-                & (s.since < patience))
+        # Sequence-parallel: the iteration has collectives, so every device of the mesh runs
+        # it as long as any needs it (see SeqAxis.any_device); the others keep their state.
+        return needs_more(s) if seq is None else seq.any_device(needs_more(s))
+
+    def step_if_needed(s: _State) -> _State:
+        if seq is None:
+            return one_step(s)
+        mine = needs_more(s)
+        return jax.tree_util.tree_map(lambda new, old: jnp.where(mine, new, old), one_step(s), s)
 
     def one_step(s: _State) -> _State:
         a = s.jac if not adaptive and c0 == 1.0 else s.jac * s.atten.astype(s.jac.dtype)
         delta = linear_recurrence(a, s.fh - s.hs, jnp.zeros_like(h0), structure=structure,
-                                  algorithm=algorithm)
+                                  algorithm=algorithm, seq_axis=None if seq is None else seq.name)
         cand = s.hs + delta.astype(s.hs.dtype)
         fh_c, jac_c = lin(cand)
-        res_c, merit_c = residual_stats(fh_c, cand)
+        res_c, merit_c = residual_stats(fh_c, cand, seq)
         if not adaptive:
             accept = jnp.ones((), bool)
             atten = s.atten
@@ -193,7 +220,11 @@ def iterate(
             # A rejected step keeps the old iterate, whose Jacobians the scan consumed:
             # rebuild them only for the members that rejected (rare; never on easy solves).
             # (The iterate travels as run_if's operand so XLA cannot hoist the rebuild out.)
-            _, jac = run_if(~accept, lambda op: (op[0], lin(op[0])[1]), (hs, jac_c))
+            rebuild = lambda op: (op[0], lin(op[0])[1])
+            if seq is None:
+                _, jac = run_if(~accept, rebuild, (hs, jac_c))
+            else:
+                _, jac = run_if_any(~accept, rebuild, (hs, jac_c), seq.any_device)
         else:
             jac = jac_c
         res = jnp.where(accept, res_c, s.res)
@@ -207,7 +238,7 @@ def iterate(
             rejected=s.rejected + (~accept).astype(jnp.int32),
         )
 
-    s = lax.while_loop(keep_going, one_step, state)
-    converged = within_tol(s.res, s.hs, tol)
+    s = lax.while_loop(keep_going, step_if_needed, state)
+    converged = within_tol(s.res, s.hs, tol, seq)
     stalled = ~converged & (s.since >= patience) & jnp.isfinite(s.res)
     return s.hs, s.jac, Progress(s.k, s.res, stalled, s.max_lambda, s.rejected)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .control import match_varying
+from .seq_parallel import SeqAxis, sharded_linear_recurrence
 from .structure import DIAGONAL, Structure, get_structure
 
 __all__ = ["linear_recurrence", "ALGORITHMS", "default_algorithm"]
@@ -71,6 +72,7 @@ def linear_recurrence(
     reverse: bool = False,
     algorithm: str = "auto",
     chunk_size: int | None = None,
+    seq_axis: str | None = None,
 ) -> jax.Array:
     """Solve ``h_t = A_t h_{t-1} + b_t`` for every t, in parallel over time.
 
@@ -85,6 +87,11 @@ def linear_recurrence(
         ``h_T ≡ h0`` (the form of the adjoint recurrence).
       algorithm: ``"auto"``, ``"tree"``, ``"chunked"`` or ``"sequential"`` (module docstring).
       chunk_size: chunk length for ``"chunked"`` (default: about √T, at least 8).
+      seq_axis: inside :func:`jax.shard_map`, the mesh axis the time axis is split over:
+        ``a`` and ``b`` are this device's shard (devices in axis-index order hold
+        consecutive shards) and the result is this device's shard of the solution. ``h0``
+        is the state entering the whole sequence (or leaving it, when ``reverse``). See
+        :mod:`pararnn.seq_parallel`.
 
     Returns:
       ``(T, *S)``: all states, in the promoted dtype of the inputs.
@@ -113,7 +120,32 @@ def linear_recurrence(
 
     if algorithm == "auto":
         algorithm = default_algorithm(st)
-    return _linear_recurrence(a, b, h0, st, reverse, algorithm, chunk_size)
+    if seq_axis is None:
+        return _linear_recurrence(a, b, h0, st, reverse, algorithm, chunk_size)
+    seq = check_seq_axis(seq_axis)
+    out_dtype = _promote(a.dtype, b.dtype, h0.dtype)
+    cdt = _promote(out_dtype, jnp.float32)
+
+    def local_solve(a, b, h_in, rev):
+        return _linear_recurrence(a, b, h_in, st, rev, algorithm, chunk_size)
+
+    hs = sharded_linear_recurrence(st, a.astype(cdt), b.astype(cdt), h0.astype(cdt), seq,
+                                   reverse=reverse, local_solve=local_solve)
+    return hs.astype(out_dtype)
+
+
+def check_seq_axis(seq_axis) -> "SeqAxis":
+    """A :class:`SeqAxis` for ``seq_axis``; a clear error outside ``shard_map``."""
+    if not isinstance(seq_axis, str):
+        raise TypeError(f"seq_axis must be a mesh axis name (str) or None, got {seq_axis!r}.")
+    try:
+        jax.lax.axis_size(seq_axis)
+    except NameError:
+        raise ValueError(
+            f"seq_axis={seq_axis!r} is not a mesh axis bound here: pass seq_axis only inside "
+            f"jax.shard_map over a mesh with that axis (or use pararnn.solve_sharded)."
+        ) from None
+    return SeqAxis(seq_axis)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))

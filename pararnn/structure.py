@@ -65,6 +65,10 @@ class Structure:
         """The diagonal of ``A`` laid out like the state (what quasi-Newton keeps)."""
         raise NotImplementedError
 
+    def identity_like(self, a: jax.Array) -> jax.Array:
+        """Identity Jacobians of ``a``'s shape and dtype."""
+        raise NotImplementedError
+
 
 @dataclasses.dataclass(frozen=True)
 class _Diagonal(Structure):
@@ -91,6 +95,9 @@ class _Diagonal(Structure):
 
     def diagonal(self, a):
         return a
+
+    def identity_like(self, a):
+        return jnp.ones_like(a)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +144,9 @@ class _Block(Structure):
     def diagonal(self, a):
         return jnp.swapaxes(jnp.diagonal(a, axis1=-2, axis2=-1), -1, -2)
 
+    def identity_like(self, a):
+        return jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
+
 
 @dataclasses.dataclass(frozen=True)
 class _Dense(Structure):
@@ -167,6 +177,9 @@ class _Dense(Structure):
 
     def diagonal(self, a):
         return jnp.diagonal(a, axis1=-2, axis2=-1)
+
+    def identity_like(self, a):
+        return jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
 
 
 DIAGONAL: Structure = _Diagonal()

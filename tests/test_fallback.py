@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 import pararnn
-import pararnn.newton
+import pararnn.solve_core
 from cells import GRU_DIAG, numpy_loop
 
 T = 1000
@@ -98,13 +98,13 @@ def test_gradient_after_fallback_is_the_sequential_gradient(chaotic):
 def _count_fallback_runs(monkeypatch):
     """Count, at run time, how often the sequential fallback executes."""
     calls = []
-    original = pararnn.newton.sequential_fallback
+    original = pararnn.solve_core.sequential_fallback
 
     def counted(*args, **kwargs):
         jax.debug.callback(lambda: calls.append(1))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pararnn.newton, "sequential_fallback", counted)
+    monkeypatch.setattr(pararnn.solve_core, "sequential_fallback", counted)
     return calls
 
 

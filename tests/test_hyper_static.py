@@ -96,7 +96,7 @@ def test_generated_params_have_exactly_the_target_structure(name, hnets):
 
 
 def test_rnn_hypernetwork_parallel_chunk_solve_equals_sequential_with_grads():
-    par = make(RNNHyperNetwork, chunk_size=4)  # 46 params → 12 chunks
+    par = make(RNNHyperNetwork, chunk_size=4, layer_options={"mode": "parallel"})  # 46 params → 12 chunks
     seq = make(RNNHyperNetwork, chunk_size=4, layer_options={"mode": "sequential"})
     assert par.num_chunks == 12 and par.rnn.mode == "parallel"
     gammas = jax.random.uniform(jax.random.key(4), (2, K), F64)

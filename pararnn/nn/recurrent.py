@@ -58,6 +58,12 @@ class RecurrentLayer(nnx.Module):
         scan: no Jacobians stored), ``"autodiff"`` (backpropagation through the sequential
         scan; sequential forward only) or ``"auto"`` (default: chosen with the forward).
       max_iters, tol, fallback, algorithm: passed to :func:`pararnn.solve`.
+      seq_axis: sequence parallelism: the layer is called inside :func:`jax.shard_map` with
+        ``x`` this device's shard of consecutive time steps along the mesh axis
+        ``seq_axis`` (see :mod:`pararnn.seq_parallel`); the recurrence is solved across the
+        devices (Newton; ``mode="sequential"`` gives a pipelined scan), gradients by the
+        split parallel adjoint, and ``return_state`` returns the state after the whole
+        sequence on every device.
       dtype: computation dtype (default: promote inputs and parameters).
       param_dtype: parameter dtype (default float32).
       sow_info: record solver statistics (max Newton iterations, whether any sequence fell
@@ -72,8 +78,8 @@ class RecurrentLayer(nnx.Module):
     def __init__(self, in_features: int, hidden_features: int, *, mode: str = "auto",
                  method: str | None = None, max_iters: int | None = None, tol: float | None = None,
                  fallback: str = "sequential", algorithm: str = "auto", backward: str = "auto",
-                 dtype: Any = None, param_dtype: Any = jnp.float32, sow_info: bool = False,
-                 rngs: nnx.Rngs, **cell_options):
+                 seq_axis: str | None = None, dtype: Any = None, param_dtype: Any = jnp.float32,
+                 sow_info: bool = False, rngs: nnx.Rngs, **cell_options):
         name = type(self).__name__
         self.mode = _check_mode(mode, name)
         method = method or self.default_method
@@ -84,7 +90,13 @@ class RecurrentLayer(nnx.Module):
         if backward == "autodiff" and mode == "parallel":
             raise ValueError(f"{name}: backward='autodiff' differentiates through the sequential "
                              f"scan and needs mode='sequential' or 'auto', got mode='parallel'.")
+        if seq_axis is not None and not isinstance(seq_axis, str):
+            raise TypeError(f"{name}: seq_axis must be a mesh axis name or None, got {seq_axis!r}.")
+        if seq_axis is not None and backward not in ("auto", "parallel"):
+            raise ValueError(f"{name}: with seq_axis={seq_axis!r} gradients use the parallel "
+                             f"adjoint; got backward={backward!r}.")
         self.solver = SolverOptions(method, max_iters, tol, fallback, algorithm, backward)
+        self.seq_axis = seq_axis
         self.cell = self.cell_type(in_features, hidden_features, **cell_options)
         self.in_features, self.hidden_features = in_features, hidden_features
         self.dtype, self.param_dtype, self.sow_info = dtype, param_dtype, sow_info
@@ -180,7 +192,7 @@ class RecurrentLayer(nnx.Module):
 
             hs = jax.vmap(lambda x_b, h_b: solve(step_projected, h_b, x_b, params,
                                                  jacobian=cell.structure, method="sequential",
-                                                 backward=backward))(x, h0)
+                                                 backward=backward, seq_axis=self.seq_axis))(x, h0)
         else:
             u = cell.project(params, x)
             hand = cell.jacobian is not None and cell.solve_with_hand_jacobian
@@ -190,7 +202,7 @@ class RecurrentLayer(nnx.Module):
                 return solve(cell.step, h_b, u_b, params, jacobian=jacobian, method=forward,
                              max_iters=opts.max_iters, tol=opts.tol, fallback=opts.fallback,
                              algorithm=opts.algorithm, return_info=True, backward=backward,
-                             jacobian_diagonal=cell.jacobian_diagonal)
+                             jacobian_diagonal=cell.jacobian_diagonal, seq_axis=self.seq_axis)
 
             hs, info = jax.vmap(solve_one)(u, h0)
         if self.sow_info:
@@ -198,7 +210,13 @@ class RecurrentLayer(nnx.Module):
                 "iterations": jnp.zeros((), jnp.int32) if info is None else jnp.max(info.iterations),
                 "fell_back": jnp.zeros((), bool) if info is None else jnp.any(info.fell_back)})
         y = cell.output(hs)
-        return (y, hs[:, -1]) if return_state else y
+        if not return_state:
+            return y
+        final = hs[:, -1]
+        if self.seq_axis is not None:  # the whole sequence's last state, on every device
+            last = jax.lax.axis_index(self.seq_axis) == jax.lax.axis_size(self.seq_axis) - 1
+            final = jax.lax.psum(jnp.where(last, final, 0), self.seq_axis)
+        return y, final
 
     def paths(self, batch: int, length: int, mode: str | None = None, dtype: Any = None,
               backend: str | None = None) -> tuple[str, str]:
@@ -210,6 +228,8 @@ class RecurrentLayer(nnx.Module):
         dtype = jnp.dtype(dtype or self.dtype or self.param_dtype)
         opts, cell = self.solver, self.cell
         forward = {"parallel": opts.method, "sequential": "sequential", "auto": None}[mode]
+        if self.seq_axis is not None:  # split across devices: Newton, the parallel adjoint
+            return forward or opts.method, "parallel"
         backward = None if opts.backward == "auto" else opts.backward
         auto_fwd, auto_bwd = choose_layer_paths(
             get_structure(cell.structure), opts.method, length, cell.state_shape, batch,
