@@ -45,7 +45,10 @@ def language_model_forward(model, tokens_BxT: jax.Array, *, mode: str | None = N
     Features (each ``(B·T, ·)``): ``embed``; per block i ``blocks/i/cell`` (the recurrent
     cell's output), ``blocks/i/mixer`` (the mixer's output), ``blocks/i/mlp_hidden``
     (silu(gate)·up) and ``blocks/i`` (the residual stream after the block); ``logits``.
+    Recurrent mixers only (TypeError otherwise).
     """
+    from .specs import require_recurrent_mixers
+    require_recurrent_mixers(model, "language_model_forward")
     feats: dict[str, jax.Array] = {}
     x = model.embed(tokens_BxT)
     feats["embed"] = _tokens(x)
