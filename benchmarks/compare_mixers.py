@@ -213,7 +213,7 @@ def main(argv=None) -> int:
                 "ratio": runs[0]["param_ratio"],
                 "eval_loss": f"{statistics.mean(ev):.3f}" + (f" ± {(max(ev) - min(ev)) / 2:.3f}" if len(ev) > 1 else ""),
                 "train_loss": statistics.mean(r["final_loss"] for r in runs),
-                "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in runs),
+                "tokens_per_sec": round(statistics.median(r["tokens_per_sec"] for r in runs)),
                 "wall": statistics.mean(r["wall_clock_s"] for r in runs),
                 "first": statistics.mean(r["first_step_s"] for r in runs),
                 "rss": max(r["peak_rss_mib"] for r in runs),

@@ -123,6 +123,41 @@ class Runner:
         return {"accuracy": right / max(total, 1), "last_accuracy": last / (batches * batch_size)}
 
 
+def reference_predictors(task: str, task_opts: dict, lengths: list[int], examples: int = 512,
+                         window: int = 4) -> dict:
+    """Accuracy, on the scored positions, of the best model-free predictor that sees only the
+    last ``window`` characters (the causal conv's reach): the most frequent answer per window
+    content, fitted on ``examples`` sequences and scored on as many others. k-hop only (parity:
+    0.5, mqar: 1/64 by construction); a model above it uses memory beyond the window."""
+    if task != "khop":
+        return {}
+    from collections import Counter, defaultdict
+    from pararnn.train.synthetic import khop_answers, khop_chars
+    hops, alphabet = task_opts["khop_hops"], task_opts["khop_alphabet"]
+    out = {}
+    for length in lengths:
+        rng = np.random.default_rng([length, 4242])
+
+        def samples():
+            chars = khop_chars(rng, length, alphabet)
+            padded = np.concatenate([np.full(window - 1, -1), chars])
+            for t, answer in enumerate(khop_answers(chars, hops, alphabet)):
+                if answer >= 0:
+                    yield tuple(padded[t:t + window]), answer
+
+        table = defaultdict(Counter)
+        for _ in range(examples):
+            for context, answer in samples():
+                table[context][answer] += 1
+        right = total = 0
+        for _ in range(examples):
+            for context, answer in samples():
+                guess = table[context].most_common(1)[0][0] if table[context] else -1
+                right, total = right + (guess == answer), total + 1
+        out[str(length)] = {f"last-{window}-characters lookup": right / total}
+    return out
+
+
 def summarize(rows: list[dict], eval_lengths: list[int]) -> list[dict]:
     """mean ± spread (half the max–min range) over seeds, per model and eval length."""
     out = []
@@ -216,15 +251,20 @@ def main(argv=None) -> int:
                     f"L={n} acc {v['accuracy']:.3f} last {v['last_accuracy']:.3f}" for n, v in finals.items()), flush=True)
                 write_json(out + ".json", {"environment": env, "command": command, "rows": rows})
     summary = summarize(rows, eval_lengths)
+    references = reference_predictors(args.task, task_opts, eval_lengths)
     header = (f"## {args.task}: length curriculum {' → '.join(f'{n} ({s} steps)' for n, s in stages)} — "
               f"{env['date']}, JAX {env['jax']}, {env['backend']}, {env['cpu_count']} shared CPU cores, "
               f"seeds {args.seeds}\n\n`{command}`\n\nmean ± half-range over seeds; 'last' = accuracy at the last "
               f"scored position of each example.")
+    if references:
+        header += "\n\nReference predictors (no model) on the scored positions: " + "; ".join(
+            f"length {n}: " + ", ".join(f"{k} {v:.3f}" for k, v in refs.items()) for n, refs in references.items())
     table = markdown_table(summary, [("model", "model"), ("params", "params"), ("eval_length", "eval length"),
                                      ("accuracy", "accuracy"), ("last_accuracy", "last position"),
                                      ("per_seed", "accuracy per seed"), ("minutes", "minutes / run")])
     print("\n" + header + "\n\n" + table)
-    write_json(out + ".json", {"environment": env, "command": command, "rows": rows, "summary": summary})
+    write_json(out + ".json", {"environment": env, "command": command, "rows": rows, "summary": summary,
+                               "reference_predictors": references})
     with open(out + ".md", "w") as f:
         f.write(header + "\n\n" + table + "\n")
     if plot(rows, out + ".png", f"{args.task}: accuracy after each curriculum stage"):

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .specs import require_recurrent_mixers
+
 
 def _tokens(f: jax.Array) -> jax.Array:
     return f.reshape((-1, f.shape[-1]))
@@ -47,7 +49,6 @@ def language_model_forward(model, tokens_BxT: jax.Array, *, mode: str | None = N
     (silu(gate)·up) and ``blocks/i`` (the residual stream after the block); ``logits``.
     Recurrent mixers only (TypeError otherwise).
     """
-    from .specs import require_recurrent_mixers
     require_recurrent_mixers(model, "language_model_forward")
     feats: dict[str, jax.Array] = {}
     x = model.embed(tokens_BxT)

@@ -133,31 +133,42 @@ def khop_vocab(alphabet: int) -> int:
     return alphabet + 2
 
 
-def khop_example(rng: np.random.Generator, length: int, hops: int, alphabet: int) -> dict[str, np.ndarray]:
-    """One k-hop example. Inputs: characters, no two neighbours equal. At position t,
-    ``hop(p)`` = 1 + the last position before p holding the character at p; the target is the
-    character at ``hop^k(t)``, scored (mask 1) where all k hops exist.
+def khop_chars(rng: np.random.Generator, length: int, alphabet: int) -> np.ndarray:
+    """``length`` characters in [0, alphabet), uniform, no two neighbours equal."""
+    chars = np.empty(length, np.int64)
+    chars[0] = rng.integers(0, alphabet)
+    for t in range(1, length):  # uniform over the characters other than the previous one
+        chars[t] = (chars[t - 1] + rng.integers(1, alphabet)) % alphabet
+    return chars
+
+
+def khop_answers(chars: np.ndarray, hops: int, alphabet: int) -> np.ndarray:
+    """The character reached from every position by ``hops`` hops (−1 where a hop has nowhere
+    to go); ``hop(p)`` = 1 + the last position before p holding the character at p.
 
     Computed online in O(T·k) with tables ``F^m[c]`` = the character m hops from the last
     occurrence of c: reading ``x_t`` after ``x_{t−1}`` sets ``F^1[x_{t−1}] = x_t`` and
     ``F^m[x_{t−1}] = F^{m−1}[x_t]`` (neighbours differ, so the entries read and written are
     distinct); the answer at t is ``F^k[x_t]``.
     """
-    chars = np.empty(length, np.int64)
-    chars[0] = rng.integers(0, alphabet)
-    for t in range(1, length):  # uniform over the characters other than the previous one
-        step = rng.integers(1, alphabet)
-        chars[t] = (chars[t - 1] + step) % alphabet
     tables = np.full((hops + 1, alphabet), -1, np.int64)  # tables[m][c]; -1: no such hop
-    targets = np.full(length, -1, np.int64)
-    for t in range(length):
+    out = np.full(len(chars), -1, np.int64)
+    for t in range(len(chars)):
         if t:
             prev, cur = chars[t - 1], chars[t]
             tables[1, prev] = cur
             tables[2:, prev] = tables[1:-1, cur]
-        targets[t] = tables[hops, chars[t]]
-    mask = (targets >= 0).astype(np.int64)
-    return {"inputs": chars + 2, "targets": np.where(mask, targets + 2, KHOP_NONE), "mask": mask}
+        out[t] = tables[hops, chars[t]]
+    return out
+
+
+def khop_example(rng: np.random.Generator, length: int, hops: int, alphabet: int) -> dict[str, np.ndarray]:
+    """One k-hop example: inputs the characters (:func:`khop_chars`, shifted by 2), targets
+    the k-hop answers (:func:`khop_answers`), scored (mask 1) where all k hops exist."""
+    chars = khop_chars(rng, length, alphabet)
+    answers = khop_answers(chars, hops, alphabet)
+    mask = (answers >= 0).astype(np.int64)
+    return {"inputs": chars + 2, "targets": np.where(mask, answers + 2, KHOP_NONE), "mask": mask}
 
 
 def _check_khop(hops: int, alphabet: int) -> None:
