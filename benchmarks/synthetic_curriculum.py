@@ -24,6 +24,7 @@ length generalisation. Results (one row per run, and mean ± spread over seeds) 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -45,6 +46,7 @@ from pararnn.train.synthetic import task_batch, task_vocab
 from pararnn.train.trainer import build_model
 
 CELLS = ("paragru", "paralstm", "gru", "lstm", "mingru")
+SOLVED = 0.99  # accuracy on the scored positions that counts a run as having solved the task
 MIXERS = ("mamba2", "attention")
 
 
@@ -167,6 +169,7 @@ def summarize(rows: list[dict], eval_lengths: list[int]) -> list[dict]:
             acc = [r["eval"][str(length)]["accuracy"] for r in runs]
             last = [r["eval"][str(length)]["last_accuracy"] for r in runs]
             out.append({"model": model, "params": runs[0]["params"], "eval_length": length, "seeds": len(runs),
+                        "solved": f"{sum(a >= SOLVED for a in acc)}/{len(acc)}",
                         "accuracy": f"{statistics.mean(acc):.3f} ± {(max(acc) - min(acc)) / 2:.3f}",
                         "last_accuracy": f"{statistics.mean(last):.3f} ± {(max(last) - min(last)) / 2:.3f}",
                         "per_seed": " ".join(f"{a:.3f}" for a in acc),
@@ -174,26 +177,58 @@ def summarize(rows: list[dict], eval_lengths: list[int]) -> list[dict]:
     return out
 
 
-def plot(rows: list[dict], path: str, title: str) -> bool:
+def plot(rows: list[dict], path: str, title: str, eval_lengths: list[int]) -> bool:
+    """Final accuracy per model (one dot per seed), one panel per evaluation length."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
-        for j, r in enumerate(x for x in rows if x["model"] == model):
-            steps = np.cumsum([s["steps"] for s in r["stages"]])
-            ax.plot(steps, [s["accuracy"] for s in r["stages"]], marker="o", color=f"C{i}",
-                    alpha=0.8, label=model if j == 0 else None)
-    ax.set_xlabel("training step (end of each curriculum stage)")
-    ax.set_ylabel("held-out accuracy at the stage length")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(eval_lengths), figsize=(0.7 * len(models) * len(eval_lengths) + 2, 4.2),
+                             squeeze=False, sharey=True)
+    for ax, length in zip(axes[0], eval_lengths):
+        for i, model in enumerate(models):
+            accs = [r["eval"][str(length)]["accuracy"] for r in rows if r["model"] == model]
+            ax.scatter(i + np.linspace(-0.12, 0.12, len(accs)), accs, color=f"C{i}", s=30)
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels([m.replace(":max_recurrent_norm=null", "\n(no clamp)") for m in models],
+                           rotation=60, fontsize=7, ha="right")
+        ax.set_title(f"evaluated at length {length}", fontsize=9)
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel("held-out accuracy (scored positions)\none dot per seed", fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True
+
+
+def write_outputs(out: str, rows: list[dict], env: dict, command: str, stages, eval_lengths, seeds, task,
+                  task_opts) -> None:
+    """The summary table (markdown + JSON) and the plot of ``rows``."""
+    summary = summarize(rows, eval_lengths)
+    references = reference_predictors(task, task_opts, eval_lengths)
+    header = (f"## {task}: length curriculum {' → '.join(f'{n} ({s} steps)' for n, s in stages)} — "
+              f"{env['date']}, JAX {env['jax']}, {env['backend']}, {env['cpu_count']} shared CPU cores, "
+              f"seeds {seeds}\n\n`{command}`\n\nmean ± half-range over seeds; 'solved': seeds with accuracy ≥ "
+              f"{SOLVED}; 'last' = accuracy at the last scored position of each example.")
+    if references:
+        header += "\n\nReference predictor (no model) on the scored positions: " + "; ".join(
+            f"length {n}: " + ", ".join(f"{k} {v:.3f}" for k, v in refs.items()) for n, refs in references.items())
+    table = markdown_table(summary, [("model", "model"), ("params", "params"), ("eval_length", "eval length"),
+                                     ("solved", "solved"), ("accuracy", "accuracy"),
+                                     ("last_accuracy", "last position"), ("per_seed", "accuracy per seed"),
+                                     ("minutes", "minutes / run")])
+    print("\n" + header + "\n\n" + table)
+    write_json(out + ".json", {"environment": env, "command": command, "rows": rows, "summary": summary,
+                               "reference_predictors": references, "task_opts": task_opts})
+    with open(out + ".md", "w") as f:
+        f.write(header + "\n\n" + table + "\n")
+    if plot(rows, out + ".png", f"{task}: final accuracy per model and seed (curriculum "
+            f"{' → '.join(str(n) for n, _ in stages)})", eval_lengths):
+        print(f"plot: {out}.png")
 
 
 def main(argv=None) -> int:
@@ -213,7 +248,19 @@ def main(argv=None) -> int:
     p.add_argument("--khop-hops", type=int, default=2)
     p.add_argument("--khop-alphabet", type=int, default=8)
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/curriculum_TASK)")
+    p.add_argument("--from-json", default=None, help="rewrite the tables and plot of an earlier run's JSON")
     args = p.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            old = json.load(f)
+        curriculum = old["command"].split("--curriculum ")[1].split(" --")[0].split()
+        task_opts = old.get("task_opts") or {"parity": {}, "mqar": {"mqar_pairs": args.mqar_pairs},
+                                             "khop": {"khop_hops": args.khop_hops,
+                                                      "khop_alphabet": args.khop_alphabet}}[args.task]
+        write_outputs(os.path.splitext(args.from_json)[0], old["rows"], old["environment"], old["command"],
+                      parse_curriculum(curriculum), sorted(int(n) for n in old["rows"][0]["eval"]),
+                      sorted({r["seed"] for r in old["rows"]}), args.task, task_opts)
+        return 0
     stages = parse_curriculum(args.curriculum)
     eval_lengths = args.eval_lengths or [stages[-1][0]]
     total_steps = sum(s for _, s in stages)
@@ -250,25 +297,7 @@ def main(argv=None) -> int:
                 print(f"  final {spec} seed {seed}: " + ", ".join(
                     f"L={n} acc {v['accuracy']:.3f} last {v['last_accuracy']:.3f}" for n, v in finals.items()), flush=True)
                 write_json(out + ".json", {"environment": env, "command": command, "rows": rows})
-    summary = summarize(rows, eval_lengths)
-    references = reference_predictors(args.task, task_opts, eval_lengths)
-    header = (f"## {args.task}: length curriculum {' → '.join(f'{n} ({s} steps)' for n, s in stages)} — "
-              f"{env['date']}, JAX {env['jax']}, {env['backend']}, {env['cpu_count']} shared CPU cores, "
-              f"seeds {args.seeds}\n\n`{command}`\n\nmean ± half-range over seeds; 'last' = accuracy at the last "
-              f"scored position of each example.")
-    if references:
-        header += "\n\nReference predictors (no model) on the scored positions: " + "; ".join(
-            f"length {n}: " + ", ".join(f"{k} {v:.3f}" for k, v in refs.items()) for n, refs in references.items())
-    table = markdown_table(summary, [("model", "model"), ("params", "params"), ("eval_length", "eval length"),
-                                     ("accuracy", "accuracy"), ("last_accuracy", "last position"),
-                                     ("per_seed", "accuracy per seed"), ("minutes", "minutes / run")])
-    print("\n" + header + "\n\n" + table)
-    write_json(out + ".json", {"environment": env, "command": command, "rows": rows, "summary": summary,
-                               "reference_predictors": references})
-    with open(out + ".md", "w") as f:
-        f.write(header + "\n\n" + table + "\n")
-    if plot(rows, out + ".png", f"{args.task}: accuracy after each curriculum stage"):
-        print(f"plot: {out}.png")
+    write_outputs(out, rows, env, command, stages, eval_lengths, args.seeds, args.task, task_opts)
     return 0
 
 
