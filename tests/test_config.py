@@ -10,7 +10,8 @@ from train_helpers import overrides, run_cli
 
 
 def test_all_configs_load():
-    assert {"tiny", "parity", "mqar", "gru125m", "gru1b", "gru7b", "lstm7b"} <= set(available_configs())
+    assert {"tiny", "parity", "mqar", "khop", "gru125m", "gru1b", "gru7b", "lstm7b", "transformer125m",
+            "mamba2_125m", "transformer_tiny", "mamba2_tiny"} <= set(available_configs())
     for name in available_configs():
         assert load_config(name).name == name
 
@@ -48,6 +49,10 @@ def test_overrides_apply_and_parse_values():
      "data.paths: file '/nonexistent/corpus.txt' does not exist"),
     (["--config", "gru7b", "--set", "mesh.fsdp=1", "--set", "data.source=synthetic"],
      r"not enough memory: config 'gru7b' \(6.72 B parameters\) needs about"),
+    (["--config", "transformer_tiny", "--set", "model.head_dim=24", "--dry-run"],
+     r"model.head_dim=24: must be even and divide model.d_model=64"),
+    (["--config", "mamba2_tiny", "--set", "model.ssm_algorithm=fast"],
+     r"model.ssm_algorithm: expected one of \['chunked', 'scan'\], got 'fast'"),
 ])
 def test_cli_user_errors_exit_2_without_traceback(args, pattern, tmp_path):
     proc = run_cli(args + ["--workdir", str(tmp_path)], check=False)

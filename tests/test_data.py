@@ -55,6 +55,41 @@ def test_mqar_targets_are_the_values_of_the_queried_keys():
             assert y[pos] == table[x[pos]]
 
 
+def _khop_by_definition(chars, hops):
+    """The k-hop answers straight from the definition: from position p, jump to 1 + the last
+    earlier position holding chars[p]; k jumps; None when a jump has nowhere to go."""
+    out = []
+    for t in range(len(chars)):
+        p = t
+        for _ in range(hops):
+            earlier = [j for j in range(p) if chars[j] == chars[p]]
+            if not earlier:
+                p = None
+                break
+            p = earlier[-1] + 1
+        out.append(None if p is None else chars[p])
+    return out
+
+
+@pytest.mark.parametrize("hops,alphabet", [(1, 3), (2, 4), (3, 5)])
+def test_khop_targets_follow_the_definition(hops, alphabet):
+    data = load_data(DataConfig(source="khop", task_length=40, khop_hops=hops, khop_alphabet=alphabet,
+                                num_examples=12, eval_fraction=0.1))
+    scored = 0
+    for x, y, m in zip(data.train.inputs, data.train.targets, data.train.mask):
+        assert np.all(x >= 2) and np.all(x[1:] != x[:-1])  # characters, no two neighbours equal
+        want = _khop_by_definition(list(x), hops)
+        np.testing.assert_array_equal(m, [w is not None for w in want])
+        np.testing.assert_array_equal(y[m > 0], [w for w in want if w is not None])
+        scored += m.sum()
+    assert scored > 100  # the hops exist often enough for the check to mean something
+
+
+def test_khop_bad_settings_are_data_errors():
+    with pytest.raises(DataError, match="data.khop_hops must be >= 1, got 0"):
+        load_data(DataConfig(source="khop", khop_hops=0, num_examples=2))
+
+
 @pytest.mark.parametrize("name,content,pattern", [
     ("empty.txt", "", r"file '.*empty.txt' is empty"),
     ("bad.jsonl", '{"text": "ok"}\n{not json}\n', r"bad.jsonl:2 is not valid JSON"),

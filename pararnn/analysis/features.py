@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .specs import require_recurrent_mixers
+
 
 def _tokens(f: jax.Array) -> jax.Array:
     return f.reshape((-1, f.shape[-1]))
@@ -45,7 +47,9 @@ def language_model_forward(model, tokens_BxT: jax.Array, *, mode: str | None = N
     Features (each ``(B·T, ·)``): ``embed``; per block i ``blocks/i/cell`` (the recurrent
     cell's output), ``blocks/i/mixer`` (the mixer's output), ``blocks/i/mlp_hidden``
     (silu(gate)·up) and ``blocks/i`` (the residual stream after the block); ``logits``.
+    Recurrent mixers only (TypeError otherwise).
     """
+    require_recurrent_mixers(model, "language_model_forward")
     feats: dict[str, jax.Array] = {}
     x = model.embed(tokens_BxT)
     feats["embed"] = _tokens(x)

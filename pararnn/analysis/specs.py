@@ -153,11 +153,22 @@ def recurrent_layer_spec(layer_or_cell, *, inputs: str | None = None, hidden: st
     return spec.prefixed(prefix)
 
 
+def require_recurrent_mixers(model, where: str) -> None:
+    """Raise TypeError unless every block of ``model`` has the recurrent mixer: the specs and
+    features here know its parameters only (attention and Mamba2 mixers have other symmetries)."""
+    for i, block in enumerate(model.blocks):
+        if not hasattr(block.mixer, "cell"):  # the recurrent mixer is the one with a cell
+            raise TypeError(f"{where}: block {i} has the {getattr(model, 'mixer', type(block.mixer).__name__)!r} "
+                            f"mixer; only language models with the recurrent mixer (model.mixer='recurrent') "
+                            f"are supported.")
+
+
 def language_model_spec(model) -> PermutationSpec:
     """Spec for a :class:`pararnn.models.LanguageModel` (paths as in ``nnx.state(model,
     nnx.Param)``). Permutations: ``"R"`` (residual stream) and per block i
     ``"blocks/i/X"`` (cell inputs), ``"blocks/i/H"`` (cell hidden) and ``"blocks/i/M"``
-    (SwiGLU hidden)."""
+    (SwiGLU hidden). Recurrent mixers only (TypeError otherwise)."""
+    require_recurrent_mixers(model, "language_model_spec")
     axes: dict[str, tuple] = {"embed/embedding": (None, "R"), "final_norm/scale": ("R",)}
     spec = PermutationSpec(axes)
     for i, block in enumerate(model.blocks):

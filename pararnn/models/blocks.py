@@ -1,25 +1,19 @@
-"""Building blocks of the language model: causal depthwise conv, recurrent mixer, SwiGLU.
+"""Building blocks of the language model: linear layers, causal depthwise conv, SwiGLU and
+the residual block around a sequence mixer (:mod:`pararnn.models.mixers`).
 
-Shapes: ``x_BxTxD`` is (batch, time, d_model). Every block also has a one-token ``step``
-with an explicit cache, so generation runs in O(1) memory per token and equals the
-full-sequence forward.
+Shapes: ``x_BxTxD`` is (batch, time, d_model). Every mixer takes and returns an explicit
+cache, so decoding one token at a time equals the full-sequence forward.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import pararnn.nn as pnn
 
-CELLS = {"paragru": pnn.ParaGRU, "paralstm": pnn.ParaLSTM, "gru": pnn.GRU, "lstm": pnn.LSTM,
-         "mingru": pnn.MinGRU}  # mingru: the linear-recurrence baseline
-
-
-def _linear(d_in: int, d_out: int, *, std: float, dtype, param_dtype, rngs) -> nnx.Linear:
+def linear(d_in: int, d_out: int, *, std: float, dtype, param_dtype, rngs) -> nnx.Linear:
+    """A bias-free ``nnx.Linear`` with normal(std) weights."""
     return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, param_dtype=param_dtype,
                       kernel_init=nnx.initializers.normal(std), rngs=rngs)
 
@@ -53,54 +47,27 @@ class SwiGLU(nnx.Module):
 
     def __init__(self, d_model: int, hidden: int, *, std: float, dtype=None, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
-        self.gate_up = _linear(d_model, 2 * hidden, std=std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.down = _linear(hidden, d_model, std=std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.gate_up = linear(d_model, 2 * hidden, std=std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.down = linear(hidden, d_model, std=std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x):
         gate, up = jnp.split(self.gate_up(x), 2, axis=-1)
         return self.down(jax.nn.silu(gate) * up)
 
 
-class RecurrentMixer(nnx.Module):
-    """Linear(d → 2d) → split (x, z) → causal conv on x → SiLU → recurrent cell →
-    RMSNorm(x) ⊙ SiLU(z) → Linear(d → d)."""
-
-    def __init__(self, d_model: int, *, cell: str, num_heads: int, conv_kernel: int,
-                 max_recurrent_norm: float | None, mode: str, solver_method: str | None,
-                 std: float, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype)
-        self.in_proj = _linear(d_model, 2 * d_model, std=std, rngs=rngs, **kw)
-        self.conv = CausalConv(d_model, conv_kernel, rngs=rngs, **kw)
-        cell_kw: dict[str, Any] = dict(mode=mode, sow_info=True, rngs=rngs, **kw)
-        if cell in ("paragru", "paralstm"):
-            cell_kw.update(num_heads=num_heads, max_recurrent_norm=max_recurrent_norm)
-        elif cell == "mingru":
-            cell_kw.update(num_heads=num_heads)
-        if solver_method is not None:
-            cell_kw["method"] = solver_method
-        self.cell = CELLS[cell](d_model, d_model, **cell_kw)
-        self.norm = nnx.RMSNorm(d_model, rngs=rngs, **kw)
-        self.out_proj = _linear(d_model, d_model, std=std, rngs=rngs, **kw)
-
-    def __call__(self, x_BxTxD, cache=None, mode: str | None = None):
-        """``cache``: ``(conv_history, cell_state)`` or None. Returns ``(y, new_cache)``."""
-        conv_hist, state = (None, None) if cache is None else cache
-        x, z = jnp.split(self.in_proj(x_BxTxD), 2, axis=-1)
-        x, conv_hist = self.conv(x, conv_hist)
-        x = jax.nn.silu(x)
-        x, state = self.cell(x, h0=state, mode=mode, return_state=True)
-        y = self.out_proj(self.norm(x) * jax.nn.silu(z))
-        return y, (conv_hist, state)
-
-
 class Block(nnx.Module):
-    """Pre-norm residual block: x + mixer(norm(x)); x + mlp(norm(x))."""
+    """Pre-norm residual block: x + mixer(norm(x)); x + mlp(norm(x)).
+
+    ``mixer`` names the sequence mixer (:data:`pararnn.models.mixers.MIXERS`);
+    ``mixer_kw`` are its options (see :func:`pararnn.models.mixers.make_mixer`).
+    """
 
     def __init__(self, d_model: int, mlp_hidden: int, *, std: float, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs, **mixer_kw):
+                 rngs: nnx.Rngs, mixer: str = "recurrent", **mixer_kw):
+        from .mixers import make_mixer  # the mixers import this module's layers
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.mixer_norm = nnx.RMSNorm(d_model, rngs=rngs, **kw)
-        self.mixer = RecurrentMixer(d_model, std=std, rngs=rngs, **kw, **mixer_kw)
+        self.mixer = make_mixer(mixer, d_model, std=std, rngs=rngs, **kw, **mixer_kw)
         self.mlp_norm = nnx.RMSNorm(d_model, rngs=rngs, **kw)
         self.mlp = SwiGLU(d_model, mlp_hidden, std=std, rngs=rngs, **kw)
 

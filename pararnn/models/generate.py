@@ -1,4 +1,5 @@
-"""Sampling with the O(1)-per-token recurrent step."""
+"""Sampling: a parallel prefill, then one-token steps (O(1) memory per token for recurrent and
+Mamba2 mixers, a fixed-capacity KV cache for attention)."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def generate(model: LanguageModel, prompt_BxT: jax.Array, max_new_tokens: int, *
     model = _without_sown_info(model)
 
     @nnx.jit
-    def prefill(model, prompt):
-        logits, cache = model(prompt, return_cache=True)
+    def prefill(model, prompt, cache):
+        logits, cache = model(prompt, cache, return_cache=True)
         return logits[:, -1], cache
 
     def sample(logits, key):
@@ -68,6 +69,8 @@ def generate(model: LanguageModel, prompt_BxT: jax.Array, max_new_tokens: int, *
         _, tokens = jax.lax.scan(body, (logits, cache), keys)
         return tokens.T
 
-    logits, cache = prefill(model, prompt_BxT)
+    # fixed shapes for the decoding scan: attention KV caches sized for the whole output
+    cache = model.init_cache(prompt_BxT.shape[0], prompt_BxT.shape[1] + max_new_tokens)
+    logits, cache = prefill(model, prompt_BxT, cache)
     new = decode(model, logits, cache, jax.random.split(key, max_new_tokens))
     return jnp.concatenate([prompt_BxT, new], axis=1)

@@ -51,7 +51,8 @@ def dry_run(cfg, available: int | None = None) -> dict:
     plan = plan_mesh(cfg.mesh, available)
     est = estimate_bytes_per_device(cfg, n_params, plan.devices, plan.fsdp)
     groups = param_breakdown(abstract)
-    print(f"config {cfg.name}: {cfg.model.cell} × {cfg.model.n_layers} layers, d_model {cfg.model.d_model}, "
+    mixer = cfg.model.cell if cfg.model.mixer == "recurrent" else cfg.model.mixer
+    print(f"config {cfg.name}: {mixer} × {cfg.model.n_layers} layers, d_model {cfg.model.d_model}, "
           f"vocab {cfg.model.vocab_size}")
     print(f"parameters: {n_params:,} ({n_params / 1e9:.3f} B)")
     blocks = [v for k, v in groups.items() if k.startswith("blocks.")]

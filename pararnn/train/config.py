@@ -29,6 +29,9 @@ __all__ = ["Config", "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", 
 
 @dataclasses.dataclass
 class ModelConfig:
+    # The sequence mixer of every block (issue 18): "recurrent" (the cell below), "attention"
+    # (causal multi-head attention with RoPE) or "mamba2" (SSD selective state-space model).
+    mixer: Literal["recurrent", "attention", "mamba2"] = "recurrent"
     cell: Literal["paragru", "paralstm", "gru", "lstm", "mingru"] = "paragru"  # mingru: linear baseline
     d_model: int = 128
     n_layers: int = 2
@@ -43,13 +46,22 @@ class ModelConfig:
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: bool = False  # rematerialise each block in the backward pass
     init_std: float = 0.02  # embeddings and linear layers
+    # attention and mamba2 mixers (issue 18); the recurrent mixer ignores these
+    head_dim: int = 64  # channels per head: attention heads = d_model/head_dim, mamba2 heads = ssm_expand·d_model/head_dim
+    rope_base: float = 10000.0  # attention: rotary position embedding base
+    ssm_state: int = 128  # mamba2: state size N per head (B and C have this size)
+    ssm_expand: int = 2  # mamba2: inner width = ssm_expand · d_model
+    ssm_chunk: int = 64  # mamba2: chunk length of the chunked (SSD) parallel form
+    ssm_algorithm: Literal["chunked", "scan"] = "chunked"  # mamba2 parallel form: SSD chunks, or
+    #                                                       pararnn.linear_recurrence over every state entry
 
 
 @dataclasses.dataclass
 class DataConfig:
     # synthetic: a built-in generated corpus (no files, no network) · files: local text /
-    # JSON lines / parquet · hub: a Hugging Face dataset name · parity / mqar: synthetic tasks
-    source: Literal["synthetic", "files", "hub", "parity", "mqar"] = "synthetic"
+    # JSON lines / parquet · hub: a Hugging Face dataset name · parity / mqar / khop: synthetic
+    # tasks (khop: k-hop induction heads, issue 18)
+    source: Literal["synthetic", "files", "hub", "parity", "mqar", "khop"] = "synthetic"
     paths: list[str] = dataclasses.field(default_factory=list)
     format: Literal["auto", "text", "json", "parquet"] = "auto"
     text_field: str = "text"
@@ -62,9 +74,11 @@ class DataConfig:
     batch_size: int = 16  # global batch, in sequences
     eval_fraction: float = 0.05  # held-out share of the packed sequences
     eval_batches: int = 4
-    num_examples: int = 2000  # synthetic / parity / mqar: examples generated
-    task_length: int = 64  # parity / mqar: input length
+    num_examples: int = 2000  # synthetic / parity / mqar / khop: examples generated
+    task_length: int = 64  # parity / mqar / khop: input length
     mqar_pairs: int = 8  # mqar: key-value pairs per example
+    khop_hops: int = 2  # khop: hops k (issue 18)
+    khop_alphabet: int = 8  # khop: number of distinct characters (vocabulary = alphabet + 2)
     seed: int = 0
     order_seed: int | None = None  # seed of the training batches' order (None: data.seed); spawned
     #                                runs differ only in it

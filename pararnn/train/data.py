@@ -1,8 +1,8 @@
 """Training data: Hugging Face ``datasets`` in, fixed-length ``(inputs, targets, mask)`` out.
 
 Sources (``DataConfig.source``): ``synthetic`` (built-in stories), ``files`` (local text, JSON
-lines or parquet), ``hub`` (a dataset name, when online), ``parity`` and ``mqar`` (synthetic
-tasks). Text is tokenised (byte-level by default), separated by the tokenizer's end token
+lines or parquet), ``hub`` (a dataset name, when online), ``parity``, ``mqar`` and ``khop``
+(synthetic tasks). Text is tokenised (byte-level by default), separated by the tokenizer's end token
 and packed into sequences of ``seq_len + 1`` tokens; the last ``eval_fraction`` of the packed
 sequences is held out.
 
@@ -175,12 +175,19 @@ def load_data(cfg: DataConfig, max_train_sequences: int | None = None) -> Data:
     """Load, tokenise, pack and split per ``cfg``. ``max_train_sequences`` bounds streaming
     sources (the training run's total need)."""
     datasets.disable_progress_bars()
-    if cfg.source in ("parity", "mqar"):
+    if cfg.source in ("parity", "mqar", "khop"):
         if cfg.source == "parity":
             ds, vocab = synthetic.parity(cfg.num_examples, cfg.task_length, cfg.seed), synthetic.PARITY_VOCAB
         else:
-            ds = synthetic.mqar(cfg.num_examples, cfg.task_length, cfg.mqar_pairs, cfg.seed)
-            vocab = synthetic.mqar_vocab()
+            try:  # bad task settings (pairs, hops, alphabet) are the user's: a DataError naming the key
+                if cfg.source == "mqar":
+                    ds = synthetic.mqar(cfg.num_examples, cfg.task_length, cfg.mqar_pairs, cfg.seed)
+                else:
+                    ds = synthetic.khop(cfg.num_examples, cfg.task_length, cfg.khop_hops, cfg.khop_alphabet,
+                                        cfg.seed)
+            except ValueError as e:
+                raise DataError(str(e)) from None
+            vocab = synthetic.mqar_vocab() if cfg.source == "mqar" else synthetic.khop_vocab(cfg.khop_alphabet)
         cols = ds.with_format("numpy")[:]
         seqs = Split(*(np.asarray(cols[k], np.int32) for k in ("inputs", "targets", "mask")))
         train, held = _split(seqs, cfg.eval_fraction)

@@ -37,14 +37,26 @@ def _itemsize(name: str) -> int:
 def activation_bytes(cfg: Config, batch_per_device: int) -> int:
     """A rough upper estimate of the activations kept for the backward pass on one device.
 
-    Per layer and token: the mixer stores ~12·d values (projections, conv, gates, states,
-    Jacobians) and the SwiGLU ~3·h; with ``remat`` only the block input survives per layer,
-    plus one layer's worth during its recomputation. Logits and their gradient are float32.
+    Per layer and token: the mixer stores ~12·d values (recurrent: projections, conv, gates,
+    states, Jacobians) — attention ~6·d plus its float32 scores and probabilities (2 per head
+    and key, so quadratic in seq_len), Mamba2 ~6 per inner channel plus its float32 chunk
+    matrices (2 per head and chunk position) — and the SwiGLU ~3·h; with ``remat`` only the
+    block input survives per layer, plus one layer's worth during its recomputation. Logits
+    and their gradient are float32.
     """
     m, d = cfg.model, cfg.model.d_model
     h = m.mlp_hidden or 64 * math.ceil(8 * d / 3 / 64)
     tokens = batch_per_device * cfg.data.seq_len // max(cfg.optim.grad_accum, 1)
-    per_layer = (12 * d + 3 * h) * _itemsize(m.dtype)
+    if m.mixer == "attention":
+        heads = max(d // max(m.head_dim, 1), 1)
+        mixer = 6 * d * _itemsize(m.dtype) + 2 * heads * cfg.data.seq_len * 4
+    elif m.mixer == "mamba2":
+        inner = m.ssm_expand * d
+        heads = max(inner // max(m.head_dim, 1), 1)
+        mixer = (6 * inner + 4 * m.ssm_state) * _itemsize(m.dtype) + 2 * heads * m.ssm_chunk * 4
+    else:
+        mixer = 12 * d * _itemsize(m.dtype)
+    per_layer = mixer + 3 * h * _itemsize(m.dtype)
     if m.remat:
         layers = m.n_layers * d * _itemsize(m.dtype) + per_layer
     else:

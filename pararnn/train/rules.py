@@ -31,6 +31,21 @@ VALUE_RULES: dict[str, list[Rule]] = {
     "model.conv_kernel": [_positive_int],
     "model.max_recurrent_norm": [greater_than(0)],
     "model.init_std": [greater_than(0)],
+    # attention / mamba2 mixers (the recurrent mixer ignores these)
+    "model.head_dim": [
+        _positive_int,
+        Rule(lambda v, get: v % 2 == 0 and get("model.d_model") % v == 0,
+             lambda get: f"must be even and divide model.d_model={get('model.d_model')}").but(
+            when=lambda get: get("model.mixer") == "attention",
+            note="attention heads = d_model / head_dim; RoPE rotates pairs of channels"),
+        Rule(lambda v, get: (get("model.ssm_expand") * get("model.d_model")) % v == 0,
+             lambda get: "must divide model.ssm_expand·model.d_model = "
+                         f"{get('model.ssm_expand') * get('model.d_model')}").but(
+            when=lambda get: get("model.mixer") == "mamba2", note="mamba2 heads")],
+    "model.rope_base": [greater_than(1)],
+    "model.ssm_state": [_positive_int],
+    "model.ssm_expand": [_positive_int],
+    "model.ssm_chunk": [_positive_int],
     # data
     "data.seq_len": [_positive_int],
     "data.batch_size": [_positive_int],
@@ -44,6 +59,8 @@ VALUE_RULES: dict[str, list[Rule]] = {
         at_most(lambda get: min(MQAR_KEYS, get("data.task_length") // 2 - 1),
                 f"min({MQAR_KEYS}, data.task_length // 2 - 1)").but(
             when=_source_in("mqar"), note="distinct keys, and room for the queries")],
+    "data.khop_hops": [_positive_int.but(when=_source_in("khop"))],
+    "data.khop_alphabet": [at_least(2).but(when=_source_in("khop"))],
     "data.seed": [at_least(0)],
     "data.order_seed": [at_least(0)],
     # optim

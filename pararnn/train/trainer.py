@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ..models import LanguageModel
+from ..models import LanguageModel, MixerConfigError
 from . import data as data_lib
 from .checkpoint import Checkpointer, abstract_with_shardings
 from .config import Config, ConfigError, config_to_dict, validate_config
@@ -33,11 +33,16 @@ __all__ = ["train", "TrainingError", "build_model", "abstract_params", "memory_p
 
 def build_model(cfg: Config, vocab_size: int, rngs: nnx.Rngs, sow_info: bool = False) -> LanguageModel:
     m = cfg.model
-    return LanguageModel(vocab_size=vocab_size, d_model=m.d_model, n_layers=m.n_layers, mlp_hidden=m.mlp_hidden,
-                         cell=m.cell, num_heads=m.num_heads, conv_kernel=m.conv_kernel,
-                         max_recurrent_norm=m.max_recurrent_norm, mode=m.mode, solver_method=m.solver_method,
-                         dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), remat=m.remat,
-                         init_std=m.init_std, sow_info=sow_info, rngs=rngs)
+    try:
+        return LanguageModel(vocab_size=vocab_size, d_model=m.d_model, n_layers=m.n_layers, mlp_hidden=m.mlp_hidden,
+                             mixer=m.mixer, cell=m.cell, num_heads=m.num_heads, conv_kernel=m.conv_kernel,
+                             max_recurrent_norm=m.max_recurrent_norm, mode=m.mode, solver_method=m.solver_method,
+                             head_dim=m.head_dim, rope_base=m.rope_base, ssm_state=m.ssm_state,
+                             ssm_expand=m.ssm_expand, ssm_chunk=m.ssm_chunk, ssm_algorithm=m.ssm_algorithm,
+                             dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), remat=m.remat,
+                             init_std=m.init_std, sow_info=sow_info, rngs=rngs)
+    except MixerConfigError as e:  # a mixer option the mixer cannot use: a config error, named
+        raise ConfigError(str(e)) from None
 
 
 def abstract_params(cfg: Config, vocab_size: int):
