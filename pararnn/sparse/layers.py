@@ -88,6 +88,14 @@ class BlockSparseRNN(RecurrentLayer):
     cell_type = BlockCell
     default_method = "newton"
 
+    def __init__(self, in_features: int, hidden_features: int, *, rngs: nnx.Rngs, **options):
+        super().__init__(in_features, hidden_features, rngs=rngs, **options)
+        # The per-block masks are fixed, like SparseGRU's: Mask variables, not nnx.Param, so
+        # that an optimiser built with wrt=nnx.Param (and its weight decay) never moves them.
+        for key in self.param_names:
+            if key.startswith("mask_"):
+                setattr(self, key, Mask(getattr(self, key)[...]))
+
 
 _SPARSE_LAYERS = {"gru": SparseGRU, "lstm": SparseLSTM, "elman": SparseElman}
 
