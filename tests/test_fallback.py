@@ -158,14 +158,16 @@ def test_nan_states_are_never_reported_as_converged():
 
     z0 = jnp.zeros(d, jnp.float32)
     hs, info = pararnn.solve(step, z0, u, w, jacobian="dense", return_info=True)
-    ref = np.zeros(d)
+    ref, refs = np.zeros(d), []
     for u_t in np.asarray(u, np.float64):  # float64 loop reference
         ref = np.asarray(w, np.float64) @ np.tanh(ref) + u_t
+        refs.append(ref)
     assert bool(jnp.isfinite(hs).all())
     assert bool(info.fell_back) and not bool(info.converged)
-    # float32 through 1000 steps of a marginally stable map: chaos amplifies rounding, so only
-    # the final state's order of magnitude is comparable; finiteness is the point of the test.
-    assert np.abs(np.asarray(hs[-1], np.float64)).max() < 10 * max(1.0, np.abs(ref).max())
+    # The returned states are the sequential answer, every step: the float32 loop stays within
+    # 1.1e-6 of the float64 one over all 1000 steps (measured; |z| ≤ 4.3, a few ulps — the
+    # map contracts on average even though Newton's linear solve overflows).
+    np.testing.assert_allclose(np.asarray(hs, np.float64), np.stack(refs), rtol=0, atol=1e-5)
     hs_none, info_none = pararnn.solve(step, z0, u, w, jacobian="dense", fallback="none",
                                        return_info=True)
     assert not bool(jnp.isfinite(hs_none).all())  # the case this test is about does occur
