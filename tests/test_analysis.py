@@ -112,6 +112,21 @@ def test_llfc_zero_for_identical_models_and_matches_numpy():
     np.testing.assert_allclose(res["Dense_0"].distance, np.mean(1 - cos(fm, mix)), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(res["Dense_0"].baseline, np.mean(1 - cos(fa, fb)), rtol=1e-10)
     np.testing.assert_allclose(res["Dense_0"].scale, np.mean((fm * mix).sum(1) / (mix * mix).sum(1)), rtol=1e-10)
+    # the std convention: population std by default, the reference's N − 1 with std_ddof=1
+    d = 1 - cos(fm, mix)
+    np.testing.assert_allclose(res["Dense_0"].distance_std, d.std(), rtol=1e-10)
+    res1 = llfc(feats, pa, pb, x, alpha=0.3, std_ddof=1)
+    np.testing.assert_allclose(res1["Dense_0"].distance_std, d.std(ddof=1), rtol=1e-10)
+    # the whole-matrix (global) cosine: one distance between the (N, F) matrices
+    res_g = llfc(feats, pa, pb, x, alpha=0.3, cosine="global")
+    gcos = lambda u, v: abs((u * v).sum()) / np.linalg.norm(u) / np.linalg.norm(v)  # noqa: E731
+    np.testing.assert_allclose(res_g["Dense_0"].distance, 1 - gcos(fm, mix), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(res_g["Dense_0"].baseline, 1 - gcos(fa, fb), rtol=1e-10)
+    np.testing.assert_allclose(res_g["Dense_0"].scale, (fm * mix).sum() / (mix * mix).sum(), rtol=1e-10)
+    assert np.isnan(res_g["Dense_0"].distance_std)
+    assert all(v.distance == 0.0 for v in llfc(feats, pa, pa, x, cosine="global").layers.values())
+    with pytest.raises(ValueError, match=r"cosine must be one of \('per_sample', 'global'\), got 'matrix'"):
+        llfc(feats, pa, pb, x, cosine="matrix")
 
 
 def test_weak_additivity_and_commutativity():
