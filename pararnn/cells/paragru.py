@@ -42,14 +42,16 @@ class ParaGRUCell(Cell):
                         hidden_features=(self.hidden_features, self.num_heads))
 
     def init(self, key, dtype=jnp.float32) -> Params:
-        """``a`` (3, H) small normal; ``B`` (heads, in/heads, 3H/heads) Xavier uniform; ``b``
-        (3, H) zero except the update gate's −linspace(0, 1): channels from long to short
-        memory."""
+        """ParaRNN's init (its ``GRUDiagMH`` defaults; random draws differ, distributions are
+        the same): ``a`` (3, H) ~ N(0, (2/√(5H))²); ``B`` (heads, in/heads, 3H/heads) Xavier
+        uniform with ParaRNN's fans, U(±√(6 / (in/heads + H))) — fan-out the whole state;
+        ``b`` (3, H) zero except the update gate's −linspace(0, 1): channels from long to
+        short memory."""
         k_a, k_b = jax.random.split(key)
         h, heads = self.hidden_features, self.num_heads
         per_in, per_out = self.in_features // heads, 3 * h // heads
         a = small_recurrent_normal(k_a, (3, h), h, dtype)
-        kernel = xavier_uniform(k_b, (heads, per_in, per_out), per_in, per_out, dtype)
+        kernel = xavier_uniform(k_b, (heads, per_in, per_out), per_in, h, dtype)
         bias = jnp.zeros((3, h), dtype).at[0].set(-jnp.linspace(0.0, 1.0, h, dtype=dtype))
         return {"a": a, "B": kernel, "b": bias}
 
