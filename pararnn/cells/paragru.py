@@ -26,11 +26,12 @@ from .initializers import small_recurrent_normal, xavier_uniform
 @dataclasses.dataclass(frozen=True)
 class ParaGRUCell(Cell):
     """Args: in_features, hidden_features; num_heads of the input projection (default 2);
-    max_recurrent_norm: bound on the effective |a| (default 0.5, None: off), see
+    max_recurrent_norm: optional bound on the effective |a| (default None: off, as in
+    ParaRNN's code; benchmarks/RESULTS.md §13 measured no benefit of 0.5 in training), see
     :func:`pararnn.cells.base.clamp_recurrent`."""
 
     num_heads: int = 2
-    max_recurrent_norm: float | None = 0.5
+    max_recurrent_norm: float | None = None
     structure: ClassVar[str] = "diagonal"
     # One JVP fused with the step by XLA is as fast or faster than this hand-written
     # Jacobian, which recomputes the gates (CPU: 0.5–1.0× at hidden 64–256, RESULTS.md §6).

@@ -24,10 +24,11 @@ from .initializers import small_recurrent_normal, xavier_uniform
 @dataclasses.dataclass(frozen=True)
 class ParaLSTMCell(Cell):
     """Args: in_features, hidden_features (= N); num_heads of the input projection
-    (default 2); max_recurrent_norm: bound on the effective |a| and |p| (default 0.5)."""
+    (default 2); max_recurrent_norm: optional bound on the effective |a| and |p| (default
+    None: off, as in ParaRNN's code)."""
 
     num_heads: int = 2
-    max_recurrent_norm: float | None = 0.5
+    max_recurrent_norm: float | None = None
     structure: ClassVar[str] = "block"
 
     def __post_init__(self):
