@@ -106,7 +106,9 @@ class GraphRNN(nnx.Module):
     Layer l is a masked recurrent layer over the nodes of DAG layer l: layer 0 (the sources)
     reads the network input through a dense input matrix; layer l >= 1 reads the outputs of
     every earlier layer with an edge into it (the previous layer, and earlier ones through
-    skip connections), through an input matrix masked by those edges. Recurrence within a
+    skip connections), through an input matrix masked by those edges; its input rows are
+    those layers' nodes, layer by layer in increasing order (``layout.input_masks[l]``'s
+    order), each layer's nodes by id. Recurrence within a
     layer is dense (each layer is an ordinary recurrent layer of its nodes). The output is
     the sink nodes' states, in ``layout.outputs`` order.
 
