@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -72,24 +73,25 @@ def run_one(cfg, rule, width, data, labels, build, batches):
     fb_key = jax.random.key(cfg.seed + 1000)  # fixed feedback (FA/DFA) for the whole run
     opt = optax.sgd(cfg.lr)
     probe = (x_tr[:256], y_tr[:256])
+    loss_fn = functools.partial(al.mse_loss, convention=cfg.loss)  # its scale sets the update's
 
     @jax.jit
     def chunk(p, s, idx):
         def body(carry, i):
             p, s = carry
             batch = (x_tr[i], y_tr[i])
-            g = al.pseudo_grads(rule, stack, p, p0, batch, al.mse_loss, key=fb_key)
+            g = al.pseudo_grads(rule, stack, p, p0, batch, loss_fn, key=fb_key)
             upd, s = opt.update(g, s, p)
             return (optax.apply_updates(p, upd), s), None
         return jax.lax.scan(body, (p, s), idx)[0]
 
     @jax.jit
     def measure(p):
-        g = al.pseudo_grads(rule, stack, p, p0, probe, al.mse_loss, key=fb_key)
-        gb = al.pseudo_grads("backprop", stack, p, p0, probe, al.mse_loss)
+        g = al.pseudo_grads(rule, stack, p, p0, probe, loss_fn, key=fb_key)
+        gb = al.pseudo_grads("backprop", stack, p, p0, probe, loss_fn)
         out_te = stack(p, x_te)
         m = {"cos_all": al.alignment(g, gb), "cos_hidden": al.alignment(hidden(g), hidden(gb)),
-             "train_loss": al.mse_loss(stack(p, x_tr), y_tr), "test_loss": al.mse_loss(out_te, y_te)}
+             "train_loss": loss_fn(stack(p, x_tr), y_tr), "test_loss": loss_fn(out_te, y_te)}
         if labels is not None:
             m["test_acc"] = jnp.mean(jnp.argmax(out_te, -1) == labels[1])
         return m

@@ -33,7 +33,9 @@ from pararnn.plstm.config import load_arrow_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def train_and_evaluate(cfg) -> dict:
+def train_and_evaluate(cfg, *, return_model: bool = False):
+    """Train per ``cfg``, evaluate at every ``data.eval_sizes``; the results dict — with
+    ``return_model`` also the trained model and the evaluation sets ``{size: (x, y)}``."""
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
     start = time.perf_counter()
     x_train, y_train = make_arrow_dataset(d.num_train, d.train_size, d.seed)
@@ -87,8 +89,21 @@ def train_and_evaluate(cfg) -> dict:
                         "extrapolated": size > d.train_size})
         print(f"eval {size}x{size}: accuracy {results[-1]['accuracy']:.4f}", flush=True)
     params = sum(p.size for p in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
-    return {"config": dataclasses.asdict(cfg), "eval": results, "curve": curve, "params": int(params),
-            "train_seconds": train_s, "data_seconds": data_s, "environment": environment()}
+    res = {"config": dataclasses.asdict(cfg), "eval": results, "curve": curve, "params": int(params),
+           "train_seconds": train_s, "data_seconds": data_s, "environment": environment()}
+    return (res, model, evals) if return_model else res
+
+
+def write_outputs(res: dict, cfg, out: str) -> str:
+    """``arrow.json`` and ``arrow.md`` under ``out``; returns the markdown table."""
+    write_json(os.path.join(out, "arrow.json"), res)
+    table = markdown_table(res["eval"], [("image_size", "image size"), ("patches", "patch grid"),
+                                         ("extrapolated", "extrapolated"), ("accuracy", "accuracy")])
+    with open(os.path.join(out, "arrow.md"), "w") as f:
+        f.write(f"Arrow pointing, trained at {cfg.data.train_size}x{cfg.data.train_size} "
+                f"({cfg.data.num_train} images, {cfg.train.steps} steps, {res['params']} params, "
+                f"{res['train_seconds']:.0f} s training)\n\n{table}\n")
+    return table
 
 
 def main(argv=None) -> int:
@@ -99,14 +114,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = load_arrow_config(args.config, args.set)
     res = train_and_evaluate(cfg)
-    write_json(os.path.join(args.out, "arrow.json"), res)
-    table = markdown_table(res["eval"], [("image_size", "image size"), ("patches", "patch grid"),
-                                         ("extrapolated", "extrapolated"), ("accuracy", "accuracy")])
-    with open(os.path.join(args.out, "arrow.md"), "w") as f:
-        f.write(f"Arrow pointing, trained at {cfg.data.train_size}x{cfg.data.train_size} "
-                f"({cfg.data.num_train} images, {cfg.train.steps} steps, {res['params']} params, "
-                f"{res['train_seconds']:.0f} s training)\n\n{table}\n")
-    print(table)
+    print(write_outputs(res, cfg, args.out))
     return 0
 
 

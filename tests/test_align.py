@@ -5,6 +5,8 @@ feedback, a wide network that learns with Align-zero, and clear errors.
 All in float64: the NumPy references compute the same sums in another order, so they
 agree to a few ulps of the largest term; rtol 1e-10 leaves ~10⁵ ulps of headroom."""
 
+import functools
+
 import numpy as np
 import pytest
 import jax
@@ -219,6 +221,26 @@ def test_wide_network_trained_with_align_zero_reduces_the_loss(setup):
 
 
 # ---- errors -----------------------------------------------------------------------------
+
+
+def test_mse_loss_conventions_and_the_update_scale(setup):
+    """"half_sum" = ½·Σ_classes, mean over samples (pararnn); "mean" = mean over every entry
+    (the reference code). Every rule's update is linear in e = ∂L/∂out, so the two differ
+    by exactly C/2 (C = 5 classes here)."""
+    stack, p0, p, (x, y), _ = setup
+    out = np.asarray(stack(p, x))
+    d = out - np.asarray(y)
+    np.testing.assert_allclose(al.mse_loss(jnp.asarray(out), y), 0.5 * (d ** 2).sum(1).mean(), rtol=1e-13)
+    np.testing.assert_allclose(al.mse_loss(jnp.asarray(out), y, convention="mean"), (d ** 2).mean(), rtol=1e-13)
+    reference_loss = functools.partial(al.mse_loss, convention="mean")
+    c = y.shape[-1]
+    both = jax.jit(lambda q, q0: [[al.pseudo_grads(r, stack, q, q0, (x, y), loss) for loss in (al.mse_loss, reference_loss)]
+                                  for r in ("backprop", "align_zero", "align_ada")])
+    for ours, theirs in both(p, p0):
+        assert_tree_close(ours, jax.tree_util.tree_map(lambda g: g * (c / 2), theirs))
+    with pytest.raises(ValueError, match=r"convention must be one of \('half_sum', 'mean'\), got 'sum'"):
+        al.mse_loss(jnp.asarray(out), y, convention="sum")
+    assert load_align_config("align_images", {"loss": "mean"}).loss == "mean"
 
 
 def test_clear_errors(setup):

@@ -10,8 +10,8 @@ import pararnn
 from pararnn.cells import ElmanCell, GRUCell, LSTMCell, MinGRUCell, ParaGRUCell, ParaLSTMCell
 
 CELLS = {
-    "paragru": ParaGRUCell(6, 8, num_heads=2),
-    "paralstm": ParaLSTMCell(6, 8, num_heads=2),
+    "paragru": ParaGRUCell(6, 8, num_heads=2, max_recurrent_norm=0.5),  # the soft clamp
+    "paralstm": ParaLSTMCell(6, 8, num_heads=2),  # the default: no clamp (as ParaRNN)
     "gru": GRUCell(6, 8),
     "lstm": LSTMCell(6, 8),
     "elman": ElmanCell(6, 8),
@@ -38,13 +38,19 @@ def np_project(name, p, x):
     return x @ p["W_i"] + p["b"]
 
 
+def np_clamp(a, bound):
+    """The soft clamp |a| < bound (bound None: none)."""
+    return a if bound is None else bound * np.tanh(a / bound)
+
+
 def np_step(name, h, u, p, d=8):
+    bound = getattr(CELLS[name], "max_recurrent_norm", None)
     if name == "paragru":
-        a = 0.5 * np.tanh(p["a"] / 0.5)  # soft clamp |a| < max_recurrent_norm = 0.5
+        a = np_clamp(p["a"], bound)
         z, r = _sig(a[0] * h + u[0]), _sig(a[1] * h + u[1])
         return z * np.tanh(a[2] * r * h + u[2]) + (1 - z) * h
     if name == "paralstm":
-        a, pp = 0.5 * np.tanh(p["a"] / 0.5), 0.5 * np.tanh(p["p"] / 0.5)
+        a, pp = np_clamp(p["a"], bound), np_clamp(p["p"], bound)
         c, hh = h
         f = _sig(a[0] * hh + u[0] + pp[0] * c)
         c2 = f * c + (1 - f) * np.tanh(a[1] * hh + u[1])
@@ -108,7 +114,7 @@ def test_paragru_init_matches_the_recipe():
     np.testing.assert_allclose(p["b"][0], -np.linspace(0, 1, 128))
     np.testing.assert_array_equal(p["b"][1:], 0)
     assert abs(float(jnp.std(p["a"])) - 2 / np.sqrt(5 * 128)) < 0.02  # std 2/√(5·fan_in)
-    limit = np.sqrt(6 / (16 + 96))  # Xavier uniform bound
+    limit = np.sqrt(6 / (16 + 128))  # Xavier uniform bound with ParaRNN's fans: in/heads, hidden
     assert float(jnp.max(jnp.abs(p["B"]))) <= limit and float(jnp.max(jnp.abs(p["B"]))) > 0.9 * limit
 
 

@@ -119,11 +119,19 @@ def test_hub_offline_error_is_clear(monkeypatch):
 
 
 def test_streaming_files_are_bounded(tmp_path):
+    """Streaming reads only what the run needs — max_train_sequences plus the eval batches
+    (10 + 1·2 = 12 sequences of 9 tokens) — and those are the first 12 of the packed stream
+    (the file's bytes and the end token), written out here."""
+    text = "".join(f"word{i} " for i in range(4000))
     path = tmp_path / "big.txt"
-    path.write_text("some words here. " * 2000)
+    path.write_text(text)
     data = load_data(DataConfig(source="files", paths=[str(path)], seq_len=8, streaming=True, batch_size=2,
-                                eval_batches=1), max_train_sequences=10)
-    assert len(data.train) + len(data.eval) <= 10 + 2 + 1
+                                eval_batches=1, eval_fraction=0.25), max_train_sequences=10)
+    stream = np.asarray(list(text.encode()) + [0])
+    want = stream[: 12 * 9].reshape(12, 9)
+    assert (len(data.train), len(data.eval)) == (9, 3)  # 12 sequences, a quarter held out
+    np.testing.assert_array_equal(np.concatenate([data.train.inputs, data.eval.inputs]), want[:, :-1])
+    np.testing.assert_array_equal(np.concatenate([data.train.targets, data.eval.targets]), want[:, 1:])
 
 
 def test_get_batch_rows_split_a_global_batch():

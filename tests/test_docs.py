@@ -63,15 +63,61 @@ def test_readme_layer_example_runs_and_streams():
 DOC_PAGES = sorted(f for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md"))
 
 
+def _floats(line: str) -> list[float]:
+    return [float(v) for v in re.findall(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", line)]
+
+
+def _rounds_to(printed: float, documented: str) -> bool:
+    """``printed`` shown with ``documented``'s decimals equals ``documented`` (docs print 0.96
+    for 0.9612...)."""
+    decimals = len(documented.split(".")[1]) if "." in documented else 0
+    return f"{printed:.{decimals}f}" == documented
+
+
+def _about(printed: float, documented: float) -> bool:
+    """``~x`` in a comment: the same order of magnitude (within a factor of 3)."""
+    return documented / 3 <= abs(printed) <= 3 * documented
+
+
+# What each docs page's examples print, line by line, as stated in its ``# ...`` comments.
+DOC_EXPECTED = {
+    "align.md": [
+        lambda l: all(_rounds_to(v, d) for v, d in zip(_floats(l), ("0.96", "0.27"))) and len(_floats(l)) == 2,
+        lambda l: _rounds_to(_floats(l)[0], "0.68"),
+    ],
+    "analysis.md": [
+        lambda l: _about(float(l), 4e-7),
+        lambda l: l == "True",
+        lambda l: len(_floats(l)) == 1,  # the barrier: a number (the comment gives its formula)
+        lambda l: l.split() == ["layer", "distance", "baseline", "scale"],  # res.table()'s header
+    ],
+    "hyper.md": [lambda l: l == "(4, 256, 32) True", lambda l: l == "(4, 2) 322 11"],
+    "plstm.md": [
+        lambda l: l == "[[0, 2], [1, 3]]",
+        lambda l: l == "(100, 2, 3) (5, 7, 2, 3) (4, 2, 3)",
+        lambda l: l.startswith("edges: the graph has a cycle 0 -> 1 -> 2 -> 0; "),
+    ],
+    "sparse.md": [lambda l: l == "(2, 100, 64) 0.09375", lambda l: l.startswith("0.79998")],
+}
+
+
+def test_every_docs_page_has_expected_prints():
+    assert sorted(DOC_EXPECTED) == DOC_PAGES
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", DOC_PAGES)
 def test_docs_page_examples_run(page):
-    """Every python example on a docs/ page runs as written (fresh interpreter, JAX defaults)."""
+    """Every python example on a docs/ page runs as written (fresh interpreter, JAX defaults)
+    and prints what its comments say."""
     text = open(os.path.join(ROOT, "docs", page)).read()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert blocks, f"docs/{page} has no python example"
-    for code in blocks:
-        _run(code)
+    lines = [line for code in blocks for line in _run(code).splitlines()]
+    checks = DOC_EXPECTED[page]
+    assert len(lines) >= len(checks), lines
+    for i, check in enumerate(checks):
+        assert check(lines[i].strip()), (page, i, lines[i])
 
 
 def test_readme_links_every_docs_page():

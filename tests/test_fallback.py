@@ -171,6 +171,11 @@ def test_nan_states_are_never_reported_as_converged():
     hs, info = pararnn.solve(step, z0, u, w, jacobian="dense", damping=0.0, return_info=True)
     assert bool(info.fell_back) and not bool(info.converged)
     np.testing.assert_array_equal(np.asarray(hs, np.float64), seq)  # the sequential answer
+    assert bool(jnp.isfinite(hs).all())
+    # ... every step of it: the float32 loop stays within 1.1e-6 of the float64 one over all
+    # 1000 steps (measured; |z| ≤ 4.3 — the map contracts on average even though undamped
+    # Newton's linear solve overflows).
+    np.testing.assert_allclose(np.asarray(hs, np.float64), refs, rtol=0, atol=1e-5)
 
     # Adaptive damping (the default) rejects the overflowing step and converges in parallel:
     # measured 9 iterations, 1 rejected step, max error 8.2e-6 against the float64 loop

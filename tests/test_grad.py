@@ -26,6 +26,13 @@ def weighted_sum_loss(solver, cell, weights):
     return loss
 
 
+# float64 gradients of the custom VJP against jax.grad of the plain scan: measured relative
+# errors 0–3e-15 (T ≤ 1000; 5e-14 for the block cell iterated with quasi-Newton, whose
+# forward stops at a residual just under tol). A backward pass that used the Jacobian of the
+# previous Newton iterate instead of the solution's measured 9e-12–6e-9: 1e-12 separates them.
+GRAD_RTOL = 1e-12
+
+
 def rel_err(got, want):
     got, want = np.asarray(got), np.asarray(want)
     return np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
@@ -49,8 +56,7 @@ def test_grads_match_grad_of_lax_scan_float64(cell, t, method):
     want = jax.jit(jax.grad(weighted_sum_loss(scan_solve, cell, weights), argnums=(0, 1, 2)))(p, xs, h0)
     for path, g, w in zip(jax.tree_util.tree_leaves_with_path(grads),
                           jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want)):
-        # float64; the forward agrees with the loop to ~1e-13, the adjoint solve adds rounding
-        assert rel_err(g, w) <= 1e-8, (jax.tree_util.keystr(path[0]), rel_err(g, w))
+        assert rel_err(g, w) <= GRAD_RTOL, (jax.tree_util.keystr(path[0]), rel_err(g, w))
 
 
 @pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS.keys())
@@ -72,7 +78,7 @@ def test_grad_wrt_arrays_the_step_closes_over():
     got = jax.jit(jax.grad(lambda q: loss(pararnn.solve, q)))(p)
     want = jax.jit(jax.grad(lambda q: loss(scan_solve, q)))(p)
     for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        assert rel_err(g, w) <= 1e-8
+        assert rel_err(g, w) <= GRAD_RTOL
 
 
 def test_per_example_grads_with_vmap():
@@ -83,7 +89,7 @@ def test_per_example_grads_with_vmap():
     got = jax.jit(jax.vmap(jax.grad(loss(pararnn.solve)), in_axes=(None, 0)))(p, xs)
     want = jax.jit(jax.vmap(jax.grad(loss(scan_solve)), in_axes=(None, 0)))(p, xs)
     for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        assert rel_err(g, w) <= 1e-8
+        assert rel_err(g, w) <= GRAD_RTOL
 
 
 def test_grad_under_jax_checkpoint():
@@ -94,4 +100,4 @@ def test_grad_under_jax_checkpoint():
     got = jax.jit(jax.grad(loss))(p)
     want = jax.jit(jax.grad(lambda q: jnp.sum(scan_solve(cell.jax_step, h0, xs, q) ** 2)))(p)
     for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        assert rel_err(g, w) <= 1e-8
+        assert rel_err(g, w) <= GRAD_RTOL

@@ -125,6 +125,28 @@ def test_parallel_sequential_and_reference_agree_with_grads(kind, coupling, mode
     assert np.abs(np.asarray(g_ref["Wz"])).max() > 1e-3 and np.abs(np.asarray(g_ref["hyper_a"])).max() > 1e-4
 
 
+@pytest.mark.parametrize("kind", ["lstm"])  # the hand-written main Jacobian (GRU's is autodiff)
+def test_main_solve_jacobians_are_exact(kind):
+    """The default-suite guard for the slow gradient cases above: the Jacobian (and its
+    diagonal, for quasi-Newton) that the decoupled layer hands the main cell's solve, against
+    autodiff of the main step, at random states and modulations (float64)."""
+    import pararnn
+    from pararnn.hyper.layers import _MainJacobian, _MainStep, _main_jacobian, _main_jacobian_diagonal
+
+    layer = perturbed(kind, "decoupled")
+    cell = layer.cell
+    params = {k: getattr(layer, k)[...] for k in layer.param_names}
+    rng = np.random.default_rng(3)
+    s = jnp.asarray(0.5 * rng.normal(size=cell.main_shape))
+    inp = (jnp.asarray(0.4 * rng.normal(size=(3, H))), jnp.asarray(rng.normal(size=(3, H))))  # (a_eff, u)
+    jac = _MainJacobian(cell, _main_jacobian if cell.main.solve_with_hand_jacobian else cell.main.structure)
+    pararnn.check_jacobian(_MainStep(cell), s, inp, params, jacobian=jac)  # raises if wrong
+    full = jax.jacfwd(_MainStep(cell))(s, inp, params).reshape(s.size, s.size)
+    diag = _MainJacobian(cell, _main_jacobian_diagonal)(s, inp, params)
+    # float64 autodiff vs hand-written formulas: ~1e-16
+    np.testing.assert_allclose(np.ravel(diag), np.diagonal(full), rtol=0, atol=1e-13)
+
+
 @nnx.jit(static_argnums=2)
 def float32_runs(layer, x, full):
     """The ways to run the layer, in one compiled function (one compile per case)."""

@@ -38,8 +38,10 @@ def test_parallel_equals_sequential_float64_with_grads(name):
     np.testing.assert_allclose(l_par, l_seq, rtol=1e-12)
     for (path, gp), gs in zip(nnx.to_flat_state(g_par), [v for _, v in nnx.to_flat_state(g_seq)]):
         gp, gs = np.asarray(gp[...]), np.asarray(gs[...])
-        # float64, solver residual <= 1e-13: gradients agree to ~1e-12 relative
-        assert np.abs(gp - gs).max() <= 1e-9 * max(np.abs(gs).max(), 1.0), path
+        # float64: measured ≤ 3e-15 relative for every layer (solver residual <= 1e-13 and
+        # exact Jacobians at the solution); a backward pass with the previous Newton
+        # iterate's Jacobian measured 1e-11–6e-9 in test_grad.py
+        assert np.abs(gp - gs).max() <= 1e-12 * max(np.abs(gs).max(), 1.0), (path, np.abs(gp - gs).max() / max(np.abs(gs).max(), 1.0))
 
 
 @pytest.mark.parametrize("name", LAYERS)

@@ -170,6 +170,24 @@ def test_multitree_pruning_leaves_at_most_one_path():
     assert m[0, :, :, 0].sum() == 0 and m[:, 0, :, 1].sum() == 0  # [i, j, o, a]: a missing
 
 
+@pytest.mark.parametrize("size,differ", [(3, 4), (4, 12), (8, 84)])
+def test_general_multitree_differs_from_the_grid_d_mode_mask(size, differ):
+    """docs/plstm.md: on a grid both are multitrees keeping one transition per edge that has a
+    predecessor, but the general rule (highest-level predecessor, ties by edge index) turns
+    down → right in the interior where d_mode_grid_mask goes straight."""
+    g = grid_graph(size, size)
+    down = g.edges[:, 1] - g.edges[:, 0] == size  # grid_graph: node (i, j) = i·Y + j
+    m = d_mode_grid_mask(size, size)
+    e_in, e_out = g.line_edges[:, 0], g.line_edges[:, 1]
+    i, j = np.divmod(g.edges[e_out, 0], size)  # the node where the line edge turns or not
+    grid_keep = m[i, j, np.where(down[e_out], 0, 1), np.where(down[e_in], 0, 1)] == 1
+    keep = g.multitree_mask()
+    assert keep.sum() == grid_keep.sum() and int(np.sum(keep != grid_keep)) == differ
+    interior = (i > 0) & (j > 0)
+    assert np.all(keep[interior] == down[e_in][interior])  # the general rule: continue from the down edge
+    assert np.all(grid_keep[interior] == (down[e_in] == down[e_out])[interior])  # the grid rule: straight
+
+
 # ---- kernels vs naive loops ------------------------------------------------------------
 
 

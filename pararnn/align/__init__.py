@@ -14,10 +14,11 @@ from .layers import ACTIVATIONS, Conv2D, Dense, feedback_swap
 from .recurrent import AlignElmanCell, RNNLayer
 from .rules import RULES, alignment, feedback_weights, output_error, pseudo_grads, stack_of
 from .stack import LayerStack, conv_net, mlp, rnn
-from .tasks import add_task, mse_loss, onehot_targets, synthetic_images
+from .tasks import LOSS_CONVENTIONS, add_task, mse_loss, onehot_targets, synthetic_images
 
 __all__ = [
     "pseudo_grads", "RULES", "alignment", "feedback_weights", "output_error", "stack_of",
     "LayerStack", "mlp", "conv_net", "rnn", "Dense", "Conv2D", "RNNLayer", "AlignElmanCell",
     "ACTIVATIONS", "feedback_swap", "synthetic_images", "add_task", "onehot_targets", "mse_loss",
+    "LOSS_CONVENTIONS",
 ]

@@ -31,6 +31,7 @@ class AlignExperimentConfig:
     steps: int = 300
     batch_size: int = 128
     lr: float = 0.5  # plain SGD (optax.sgd); NTK scaling keeps it width-independent
+    loss: Literal["half_sum", "mean"] = "half_sum"  # mse_loss convention ("mean": the reference code's)
     n_train: int = 2000
     n_test: int = 500
     seq_len: int = 100  # add task

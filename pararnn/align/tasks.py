@@ -4,7 +4,8 @@
   a stand-in for MNIST/CIFAR that needs no download.
 - :func:`add_task`: the RNN "add task" of Boopathy & Fiete: x_t ~ Bernoulli(0.5),
   y_t = 0.5 + 0.5·x_{t−2} − 0.25·x_{t−5} (x_{t−k} = 0 before the start).
-- :func:`mse_loss` and :func:`onehot_targets`: the paper's MSE to one-hot − 0.1.
+- :func:`mse_loss` and :func:`onehot_targets`: the paper's MSE to one-hot − 0.1, in two
+  scalings (``convention``): pararnn's ``"half_sum"`` and the reference code's ``"mean"``.
 
 The data are NumPy arrays drawn from ``numpy.random.default_rng(seed)``: same seed, same
 data; no JAX compilation for each new shape (which costs seconds on a loaded CPU).
@@ -59,9 +60,26 @@ def onehot_targets(labels, classes: int, dtype=jnp.float32) -> jax.Array:
     return jax.nn.one_hot(jnp.asarray(labels), classes, dtype=dtype) - 0.1
 
 
-def mse_loss(out: jax.Array, target: jax.Array) -> jax.Array:
-    """½ · mean over all leading axes of the squared error summed over the last axis."""
+#: ``mse_loss`` scalings: ``"half_sum"`` = ½·Σ over the last axis, mean over the others
+#: (pararnn's default: e = ∂L/∂out = (out − y)/N); ``"mean"`` = mean over every entry (Boopathy
+#: & Fiete's code: mean over batch and classes), which is ``"half_sum"`` · 2/C for C outputs.
+LOSS_CONVENTIONS = ("half_sum", "mean")
+
+
+def mse_loss(out: jax.Array, target: jax.Array, convention: str = "half_sum") -> jax.Array:
+    """Squared error of ``out`` against ``target`` (same shape, C = last axis).
+
+    ``convention="half_sum"`` (default): ½ · mean over all leading axes of the squared error
+    summed over the last axis. ``"mean"``: the mean over every entry, as the reference code
+    does. ``"half_sum"`` = ``"mean"`` · C/2, so every update it drives is C/2 times the
+    reference's (5× for 10 classes): divide the reference's learning rates by C/2 to compare.
+    Use ``functools.partial(mse_loss, convention="mean")`` as a ``loss_fn``.
+    """
+    if convention not in LOSS_CONVENTIONS:
+        raise ValueError(f"mse_loss: convention must be one of {LOSS_CONVENTIONS}, got {convention!r}.")
     if out.shape != target.shape:
         raise ValueError(f"mse_loss: outputs {out.shape} and targets {target.shape} differ.")
     d = out - target.astype(out.dtype)
+    if convention == "mean":
+        return jnp.mean(d * d)
     return 0.5 * jnp.mean(jnp.sum(d * d, axis=-1))

@@ -14,8 +14,8 @@
 from .features import (language_model_features, language_model_forward, mlp_features, mlp_forward,
                        nnx_features_fn, recurrent_layer_features)
 from .interpolation import Barrier, interpolate, loss_barrier
-from .llfc import (LLFC, Commutativity, LayerLLFC, WeakAdditivity, commutativity, cosine_distance, layer_llfc,
-                   llfc, weak_additivity)
+from .llfc import (COSINES, LLFC, Commutativity, LayerLLFC, WeakAdditivity, commutativity, cosine_distance,
+                   global_cosine_distance, layer_llfc, llfc, weak_additivity)
 from .matching import activation_matching, permute, weight_matching
 from .paths import flatten, unflatten
 from .spec import PermutationSpec, View
@@ -23,6 +23,7 @@ from .specs import language_model_spec, mlp_spec, recurrent_layer_spec
 
 __all__ = [
     "interpolate", "loss_barrier", "Barrier", "llfc", "LLFC", "LayerLLFC", "layer_llfc", "cosine_distance",
+    "global_cosine_distance", "COSINES",
     "weak_additivity", "WeakAdditivity", "commutativity", "Commutativity", "weight_matching",
     "activation_matching", "permute", "PermutationSpec", "View", "mlp_spec", "recurrent_layer_spec",
     "language_model_spec", "mlp_features", "mlp_forward", "recurrent_layer_features", "language_model_features",

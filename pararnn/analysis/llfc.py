@@ -2,9 +2,10 @@
 
 LLFC holds at layer ℓ when c·f_ℓ(θ_α) ≈ α f_ℓ(θ_a) + (1 − α) f_ℓ(θ_b) for some scalar c: the
 features of the interpolated network are (up to scale) the interpolation of the features.
-It is measured per sample as a cosine distance and averaged over samples, against the same
-distance between the two endpoints' features as a baseline. All reductions run in NumPy
-float64, whatever the features' dtype.
+It is measured as a cosine distance — per sample and averaged over samples (default), or
+once over the whole (N, F) feature matrix (``cosine="global"``; the reference code offers
+both) — against the same distance between the two endpoints' features as a baseline. All
+reductions run in NumPy float64, whatever the features' dtype.
 """
 
 from __future__ import annotations
@@ -46,15 +47,34 @@ def cosine_distance(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.where(both_zero | equal, 0.0, np.where(one_zero, 1.0, 1.0 - cos))
 
 
+COSINES = ("per_sample", "global")
+
+
+def global_cosine_distance(u: np.ndarray, v: np.ndarray) -> float:
+    """``1 − |⟨U, V⟩_F| / (‖U‖_F ‖V‖_F)`` over whole ``(N, F)`` matrices (zero and equal
+    matrices as in :func:`cosine_distance`)."""
+    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+    if np.array_equal(u, v) or (nu == 0 and nv == 0):
+        return 0.0
+    if nu == 0 or nv == 0:
+        return 1.0
+    return float(1.0 - min(abs(np.vdot(u, v)) / (nu * nv), 1.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerLLFC:
-    """LLFC of one layer (means over samples).
+    """LLFC of one layer: means over samples (``cosine="per_sample"``) or one number for the
+    whole feature matrix (``cosine="global"``).
 
     Attributes:
-      distance: mean 1 − |cos(f(θ_α), α f(θ_a) + (1 − α) f(θ_b))|.
+      distance: mean 1 − |cos(f(θ_α), α f(θ_a) + (1 − α) f(θ_b))| (global: of the matrices).
       baseline: mean 1 − |cos(f(θ_a), f(θ_b))|, the distance between the endpoints.
-      scale: mean ⟨f(θ_α), mix⟩ / ‖mix‖² (the c of LLFC; ≈ 1 when features are linear).
-      distance_std: standard deviation of the per-sample distance.
+      scale: mean ⟨f(θ_α), mix⟩ / ‖mix‖² (the c of LLFC; ≈ 1 when features are linear;
+        global: ⟨F_α, MIX⟩_F / ‖MIX‖_F²).
+      distance_std: standard deviation of the per-sample distance with ``ddof`` (default 0,
+        the population std; the reference code reports torch's unbiased N − 1 std: pass
+        ``std_ddof=1``). NaN for the global cosine (one number, no spread).
     """
 
     distance: float
@@ -80,8 +100,18 @@ class LLFC:
         return "\n".join(rows)
 
 
-def layer_llfc(f_alpha: Any, f_a: Any, f_b: Any, alpha: float, name: str = "features") -> LayerLLFC:
-    """LLFC of one layer from features ``(N, ...)`` at θ_α, θ_a and θ_b."""
+def _check_cosine(cosine: str, std_ddof: int) -> None:
+    if cosine not in COSINES:
+        raise ValueError(f"cosine must be one of {COSINES}, got {cosine!r}.")
+    if isinstance(std_ddof, bool) or not isinstance(std_ddof, int) or std_ddof < 0:
+        raise ValueError(f"std_ddof must be a non-negative int, got {std_ddof!r}.")
+
+
+def layer_llfc(f_alpha: Any, f_a: Any, f_b: Any, alpha: float, name: str = "features", *,
+               cosine: str = "per_sample", std_ddof: int = 0) -> LayerLLFC:
+    """LLFC of one layer from features ``(N, ...)`` at θ_α, θ_a and θ_b; ``cosine`` and
+    ``std_ddof`` as :func:`llfc`."""
+    _check_cosine(cosine, std_ddof)
     fa = _as_samples(name, f_a)
     fb = _as_samples(name, f_b, fa.shape[0])
     fal = _as_samples(name, f_alpha, fa.shape[0])
@@ -89,6 +119,11 @@ def layer_llfc(f_alpha: Any, f_a: Any, f_b: Any, alpha: float, name: str = "feat
         raise ValueError(f"features {name!r}: shapes differ between the models: θ_a {fa.shape}, "
                          f"θ_b {fb.shape}, θ_α {fal.shape} (after flattening per sample).")
     mix = alpha * fa + (1.0 - alpha) * fb
+    if cosine == "global":
+        norm2 = float(np.vdot(mix, mix))
+        return LayerLLFC(distance=global_cosine_distance(fal, mix), baseline=global_cosine_distance(fa, fb),
+                         scale=float(np.vdot(fal, mix)) / norm2 if norm2 > 0 else float("nan"),
+                         distance_std=float("nan"))
     d = cosine_distance(fal, mix)
     norm2 = np.einsum("nf,nf->n", mix, mix)
     dot = np.einsum("nf,nf->n", fal, mix)
@@ -96,11 +131,11 @@ def layer_llfc(f_alpha: Any, f_a: Any, f_b: Any, alpha: float, name: str = "feat
         scale = np.where(norm2 > 0, dot / np.where(norm2 > 0, norm2, 1.0), np.nan)
     return LayerLLFC(distance=float(d.mean()), baseline=float(cosine_distance(fa, fb).mean()),
                      scale=float(np.nanmean(scale)) if np.any(norm2 > 0) else float("nan"),
-                     distance_std=float(d.std()))
+                     distance_std=float(d.std(ddof=std_ddof)) if d.size > std_ddof else float("nan"))
 
 
 def llfc(features_fn: Callable[[Any, Any], Mapping[str, Any]], params_a: Any, params_b: Any, x: Any,
-         alpha: float = 0.5) -> LLFC:
+         alpha: float = 0.5, *, cosine: str = "per_sample", std_ddof: int = 0) -> LLFC:
     """Layerwise linear feature connectivity between two networks at one α.
 
     Args:
@@ -110,6 +145,11 @@ def llfc(features_fn: Callable[[Any, Any], Mapping[str, Any]], params_a: Any, pa
       params_a, params_b: parameter pytrees of the same structure.
       x: the inputs passed to ``features_fn``.
       alpha: the weight of θ_a in θ_α = α θ_a + (1 − α) θ_b.
+      cosine: ``"per_sample"`` (mean over samples of each sample's cosine distance, Zhou et
+        al.'s reported metric) or ``"global"`` (one cosine distance between the whole
+        ``(N, F)`` matrices, the reference code's other metric).
+      std_ddof: delta degrees of freedom of ``distance_std`` (0: population std; 1: the
+        reference code's unbiased std).
 
     Returns:
       :class:`LLFC` with, per layer, the mean over samples of
@@ -117,6 +157,7 @@ def llfc(features_fn: Callable[[Any, Any], Mapping[str, Any]], params_a: Any, pa
       ``1 − |cos(f(θ_a), f(θ_b))|`` and the scale coefficient ``⟨f(θ_α), mix⟩ / ‖mix‖²``.
     """
     alpha = float(alpha)
+    _check_cosine(cosine, std_ddof)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
     feats_a = dict(features_fn(params_a, x))
@@ -127,7 +168,8 @@ def llfc(features_fn: Callable[[Any, Any], Mapping[str, Any]], params_a: Any, pa
                          f"{sorted(feats_a)} vs {sorted(feats_b)}.")
     if not feats_a:
         raise ValueError("features_fn returned no features.")
-    return LLFC(alpha=alpha, layers={k: layer_llfc(feats_m[k], feats_a[k], feats_b[k], alpha, k) for k in feats_a})
+    return LLFC(alpha=alpha, layers={k: layer_llfc(feats_m[k], feats_a[k], feats_b[k], alpha, k, cosine=cosine,
+                                                   std_ddof=std_ddof) for k in feats_a})
 
 
 # ---- the two conditions of LLFC ---------------------------------------------------------------

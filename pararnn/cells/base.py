@@ -99,10 +99,14 @@ def check_divisible(cls_name: str, **sizes_and_divisor) -> None:
 def clamp_recurrent(a: jax.Array, max_norm: float | None) -> jax.Array:
     """The effective diagonal recurrence ``max_norm · tanh(a / max_norm)``: |·| < max_norm.
 
-    ParaRNN keeps diagonal recurrences within 0.5 so that the step stays contractive and
-    Newton keeps converging in a few iterations. A soft clamp rather than ``clip``: ``clip``
-    has zero gradient outside the bound, so a weight that starts (or drifts) there would
-    never move again. For |a| well below the bound it is the identity to first order.
+    A bound keeps the step contractive, so that Newton keeps converging in a few iterations
+    whatever training does to the weights. ParaRNN's own code has none (a third-party config
+    lists a norm clip of 0.5), and the Para cells default to none: on the tiny language model
+    the 0.5 bound changed neither the loss nor the Newton iterations (benchmarks/RESULTS.md
+    §16). The hypernetwork cells keep 0.5 (their recurrence is rescaled every step by an
+    unbounded d). A soft clamp rather than ``clip``: ``clip`` has zero gradient outside the
+    bound, so a weight that starts (or drifts) there would never move again. For |a| well
+    below the bound it is the identity to first order.
     """
     return a if max_norm is None else max_norm * jnp.tanh(a / max_norm)
 

@@ -26,11 +26,12 @@ from .initializers import small_recurrent_normal, xavier_uniform
 @dataclasses.dataclass(frozen=True)
 class ParaGRUCell(Cell):
     """Args: in_features, hidden_features; num_heads of the input projection (default 2);
-    max_recurrent_norm: bound on the effective |a| (default 0.5, None: off), see
+    max_recurrent_norm: optional bound on the effective |a| (default None: off, as in
+    ParaRNN's code; benchmarks/RESULTS.md §16 measured no benefit of 0.5 in training), see
     :func:`pararnn.cells.base.clamp_recurrent`."""
 
     num_heads: int = 2
-    max_recurrent_norm: float | None = 0.5
+    max_recurrent_norm: float | None = None
     structure: ClassVar[str] = "diagonal"
     # One JVP fused with the step by XLA is as fast or faster than this hand-written
     # Jacobian, which recomputes the gates (CPU: 0.5–1.0× at hidden 64–256, RESULTS.md §6).
@@ -42,14 +43,16 @@ class ParaGRUCell(Cell):
                         hidden_features=(self.hidden_features, self.num_heads))
 
     def init(self, key, dtype=jnp.float32) -> Params:
-        """``a`` (3, H) small normal; ``B`` (heads, in/heads, 3H/heads) Xavier uniform; ``b``
-        (3, H) zero except the update gate's −linspace(0, 1): channels from long to short
-        memory."""
+        """ParaRNN's init (its ``GRUDiagMH`` defaults; random draws differ, distributions are
+        the same): ``a`` (3, H) ~ N(0, (2/√(5H))²); ``B`` (heads, in/heads, 3H/heads) Xavier
+        uniform with ParaRNN's fans, U(±√(6 / (in/heads + H))) — fan-out the whole state;
+        ``b`` (3, H) zero except the update gate's −linspace(0, 1): channels from long to
+        short memory."""
         k_a, k_b = jax.random.split(key)
         h, heads = self.hidden_features, self.num_heads
         per_in, per_out = self.in_features // heads, 3 * h // heads
         a = small_recurrent_normal(k_a, (3, h), h, dtype)
-        kernel = xavier_uniform(k_b, (heads, per_in, per_out), per_in, per_out, dtype)
+        kernel = xavier_uniform(k_b, (heads, per_in, per_out), per_in, h, dtype)
         bias = jnp.zeros((3, h), dtype).at[0].set(-jnp.linspace(0.0, 1.0, h, dtype=dtype))
         return {"a": a, "B": kernel, "b": bias}
 

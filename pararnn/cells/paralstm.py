@@ -24,10 +24,11 @@ from .initializers import small_recurrent_normal, xavier_uniform
 @dataclasses.dataclass(frozen=True)
 class ParaLSTMCell(Cell):
     """Args: in_features, hidden_features (= N); num_heads of the input projection
-    (default 2); max_recurrent_norm: bound on the effective |a| and |p| (default 0.5)."""
+    (default 2); max_recurrent_norm: optional bound on the effective |a| and |p| (default
+    None: off, as in ParaRNN's code)."""
 
     num_heads: int = 2
-    max_recurrent_norm: float | None = 0.5
+    max_recurrent_norm: float | None = None
     structure: ClassVar[str] = "block"
 
     def __post_init__(self):
@@ -40,17 +41,20 @@ class ParaLSTMCell(Cell):
         return (2, self.hidden_features)
 
     def init(self, key, dtype=jnp.float32) -> Params:
-        """``a`` (3, N) = [a_f, a_c, a_o] and peepholes ``p`` (2, N) = [p_f, p_o] small normal;
-        ``B`` Xavier uniform; ``b`` (3, N) zero except the forget bias +linspace(0, 1), the
-        mirror of ParaGRU's update-gate bias (f is ParaGRU's 1 − z)."""
+        """ParaRNN's init (its ``LSTMCIFGDiagMH`` defaults; random draws differ, distributions
+        are the same): ``a`` (3, N) = [a_f, a_c, a_o] and peepholes ``p`` (2, N) = [p_f, p_o]
+        ~ N(0, (2/√(5N))²); ``B`` (heads, in/heads, 3N/heads) Xavier uniform with ParaRNN's
+        fans, U(±√(6 / (in/heads + N/heads))) — fan-out one head's state; ``b`` (3, N) zero
+        except the forget bias −linspace(0, 1) (f starts in [0.27, 0.5]). Gate storage order
+        differs from ParaRNN's [f, o, c]: :mod:`pararnn.nn.pararnn_weights` maps them."""
         k_a, k_p, k_b = jax.random.split(key, 3)
         n, heads = self.hidden_features, self.num_heads
         per_in, per_out = self.in_features // heads, 3 * n // heads
         return {
             "a": small_recurrent_normal(k_a, (3, n), n, dtype),
             "p": small_recurrent_normal(k_p, (2, n), n, dtype),
-            "B": xavier_uniform(k_b, (heads, per_in, per_out), per_in, per_out, dtype),
-            "b": jnp.zeros((3, n), dtype).at[0].set(jnp.linspace(0.0, 1.0, n, dtype=dtype)),
+            "B": xavier_uniform(k_b, (heads, per_in, per_out), per_in, n // heads, dtype),
+            "b": jnp.zeros((3, n), dtype).at[0].set(-jnp.linspace(0.0, 1.0, n, dtype=dtype)),
         }
 
     def project(self, params, x):

@@ -93,16 +93,21 @@ class _StaticHyperNetwork(nnx.Module):
         return self.target.apply(self(gamma), *args, **kwargs)
 
 
+def _head(in_features: int, out: int, scale: float, bias: bool, param_dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
+    init = nnx.initializers.variance_scaling(scale ** 2, "fan_in", "normal")
+    return nnx.Linear(in_features, out, use_bias=bias, kernel_init=init, param_dtype=param_dtype, rngs=rngs)
+
+
 class _MLP(nnx.Module):
-    """ReLU trunk ``in → hidden… `` then a linear head to ``out`` scaled by ``head_scale``."""
+    """ReLU trunk ``in → hidden… `` then a linear head to ``out`` scaled by ``head_scale``
+    (with an output bias unless ``head_bias=False``)."""
 
     def __init__(self, in_features: int, hidden: Sequence[int], out: int, head_scale: float,
-                 param_dtype: Any, rngs: nnx.Rngs):
+                 param_dtype: Any, rngs: nnx.Rngs, head_bias: bool = True):
         sizes = (in_features,) + tuple(hidden)
         self.layers = nnx.List([nnx.Linear(a, b, param_dtype=param_dtype, rngs=rngs)
                                 for a, b in zip(sizes[:-1], sizes[1:])])
-        init = nnx.initializers.variance_scaling(head_scale ** 2, "fan_in", "normal")
-        self.head = nnx.Linear(sizes[-1], out, kernel_init=init, param_dtype=param_dtype, rngs=rngs)
+        self.head = _head(sizes[-1], out, head_scale, head_bias, param_dtype, rngs)
 
     def __call__(self, x):
         for layer in self.layers:
@@ -117,7 +122,9 @@ class MLPHyperNetwork(_StaticHyperNetwork):
       target: a template instance of the target NNX module.
       cond_features: size k of the conditioning vector γ.
       hidden: widths of the ReLU trunk (default (64, 64)).
-      encoding: ``"identity"`` or ``"mip"``; theta0: add a learnable θ₀ (target's init).
+      encoding: ``"identity"`` or ``"mip"``; theta0: add a learnable θ₀ (target's init). θ₀
+        is then the only output constant: the head has no bias (a bias would be a second
+        copy of the same constant, with the same gradient, moving twice as fast under SGD).
       head_scale: std of the head's outputs at init relative to a fan-in normal (0.1: the
         generated weights start small, as a layer init would).
       param_dtype: parameter dtype (float32); rngs: ``nnx.Rngs``.
@@ -127,7 +134,8 @@ class MLPHyperNetwork(_StaticHyperNetwork):
                  encoding: str = "identity", theta0: bool = False, head_scale: float = 0.1,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
         self._setup(target, cond_features, encoding, theta0, param_dtype)
-        self.net = _MLP(self.encoded_features, hidden, self.num_params, head_scale, param_dtype, rngs)
+        self.net = _MLP(self.encoded_features, hidden, self.num_params, head_scale, param_dtype, rngs,
+                        head_bias=not theta0)
 
     def delta(self, gamma):
         return self.net(self.encode(gamma))
@@ -135,7 +143,8 @@ class MLPHyperNetwork(_StaticHyperNetwork):
 
 class MIPHyperNetwork(MLPHyperNetwork):
     """MIP (Ortiz et al. 2023): ``θ = θ₀ + h([cos(πγ/2), sin(πγ/2)])``, θ₀ learnable and
-    independent of ``h`` (initialised to the target's init). Arguments as
+    independent of ``h`` (initialised to the target's init) and the only output constant:
+    ``h``'s head has no bias (in the reference code θ₀ *is* that bias). Arguments as
     :class:`MLPHyperNetwork` (encoding "mip" and theta0 fixed)."""
 
     def __init__(self, target: nnx.Module, cond_features: int, *, hidden: Sequence[int] = (64, 64),
@@ -155,7 +164,11 @@ class RNNHyperNetwork(_StaticHyperNetwork):
       layer: a :class:`pararnn.nn.RecurrentLayer` class (default ParaGRU), built as
         ``layer(in, hidden_features, rngs=rngs, **layer_options)``; its mode decides how the
         chunk recurrence is solved (default "parallel": :func:`pararnn.solve`).
-      encoding, theta0, head_scale, param_dtype, rngs: as :class:`MLPHyperNetwork`.
+      encoding, theta0, head_scale, param_dtype, rngs: as :class:`MLPHyperNetwork` (with θ₀
+        the head has no bias: a per-position bias shared by the chunks lies in θ₀'s span).
+
+    Output: chunk c's ``chunk_size`` values are ``head(h_c)``, h_c the recurrent layer's
+    output at step c; the flat vector is chunk 0, chunk 1, … truncated to P (plus θ₀).
     """
 
     def __init__(self, target: nnx.Module, cond_features: int, *, chunk_size: int = 64,
@@ -174,9 +187,7 @@ class RNNHyperNetwork(_StaticHyperNetwork):
         options = {"num_heads": 1} if layer is ParaGRU else {}
         options.update(layer_options or {})
         self.rnn = layer(in_features, hidden_features, param_dtype=param_dtype, rngs=rngs, **options)
-        init = nnx.initializers.variance_scaling(head_scale ** 2, "fan_in", "normal")
-        self.head = nnx.Linear(hidden_features, chunk_size, kernel_init=init,
-                               param_dtype=param_dtype, rngs=rngs)
+        self.head = _head(hidden_features, chunk_size, head_scale, not theta0, param_dtype, rngs)
 
     def delta(self, gamma):
         enc = self.encode(gamma)

@@ -10,7 +10,8 @@ from .recurrent import RecurrentLayer
 
 class ParaGRU(RecurrentLayer):
     """GRU with diagonal recurrence (diagonal Jacobian). Extra options: ``num_heads``
-    (block-diagonal input projection, default 2), ``max_recurrent_norm`` (default 0.5).
+    (block-diagonal input projection, default 2), ``max_recurrent_norm`` (soft bound on the
+    recurrent weights; default None, as ParaRNN).
 
     >>> import jax.numpy as jnp; from flax import nnx
     >>> layer = ParaGRU(8, 16, rngs=nnx.Rngs(0))

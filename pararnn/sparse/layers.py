@@ -88,6 +88,14 @@ class BlockSparseRNN(RecurrentLayer):
     cell_type = BlockCell
     default_method = "newton"
 
+    def __init__(self, in_features: int, hidden_features: int, *, rngs: nnx.Rngs, **options):
+        super().__init__(in_features, hidden_features, rngs=rngs, **options)
+        # The per-block masks are fixed, like SparseGRU's: Mask variables, not nnx.Param, so
+        # that an optimiser built with wrt=nnx.Param (and its weight decay) never moves them.
+        for key in self.param_names:
+            if key.startswith("mask_"):
+                setattr(self, key, Mask(getattr(self, key)[...]))
+
 
 _SPARSE_LAYERS = {"gru": SparseGRU, "lstm": SparseLSTM, "elman": SparseElman}
 
@@ -98,7 +106,9 @@ class GraphRNN(nnx.Module):
     Layer l is a masked recurrent layer over the nodes of DAG layer l: layer 0 (the sources)
     reads the network input through a dense input matrix; layer l >= 1 reads the outputs of
     every earlier layer with an edge into it (the previous layer, and earlier ones through
-    skip connections), through an input matrix masked by those edges. Recurrence within a
+    skip connections), through an input matrix masked by those edges; its input rows are
+    those layers' nodes, layer by layer in increasing order (``layout.input_masks[l]``'s
+    order), each layer's nodes by id. Recurrence within a
     layer is dense (each layer is an ordinary recurrent layer of its nodes). The output is
     the sink nodes' states, in ``layout.outputs`` order.
 
