@@ -182,8 +182,9 @@ def iterate(
         max_lambda=jnp.asarray(0.0 if adaptive else float(damping), dt),
         rejected=jnp.zeros((), jnp.int32),
     )
-    if seq is not None:  # the carry mixes per-device values: type it varying throughout
-        state = match_varying(state, state)
+    # Inside shard_map (over time or batch) the carry mixes per-device values with
+    # replicated constants: type it varying throughout (the identity elsewhere).
+    state = match_varying(state, state)
 
     def needs_more(s: _State):
         return ((s.k < max_iters) & ~within_tol(s.res, s.hs, tol, seq) & jnp.isfinite(s.res)

@@ -92,6 +92,14 @@ DOC_EXPECTED = {
         lambda l: l.split() == ["layer", "distance", "baseline", "scale"],  # res.table()'s header
     ],
     "hyper.md": [lambda l: l == "(4, 256, 32) True", lambda l: l == "(4, 2) 322 11"],
+    "mixers.md": [  # per mixer: the decoding-vs-parallel gap (float32 rounding) and the shape
+        check
+        for mixer in ("recurrent", "attention", "mamba2")
+        for check in (
+            lambda l, m=mixer: l.split()[0] == m and float(l.split()[1]) <= 1e-5,
+            lambda l: l == "(2, 12)",
+        )
+    ],
     "plstm.md": [
         lambda l: l == "[[0, 2], [1, 3]]",
         lambda l: l == "(100, 2, 3) (5, 7, 2, 3) (4, 2, 3)",

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..seq_parallel import SeqAxis
+
 
 def linear(d_in: int, d_out: int, *, std: float, dtype, param_dtype, rngs) -> nnx.Linear:
     """A bias-free ``nnx.Linear`` with normal(std) weights."""
@@ -21,8 +23,9 @@ def linear(d_in: int, d_out: int, *, std: float, dtype, param_dtype, rngs) -> nn
 class CausalConv(nnx.Module):
     """Depthwise causal convolution over time: ``y_t = Σ_j w_j ⊙ x_{t−j} + b``, j < kernel."""
 
-    def __init__(self, features: int, kernel: int, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.kernel_size = kernel
+    def __init__(self, features: int, kernel: int, *, dtype=None, param_dtype=jnp.float32,
+                 seq_axis: str | None = None, rngs: nnx.Rngs):
+        self.kernel_size, self.seq_axis = kernel, seq_axis
         bound = 1.0 / kernel ** 0.5
         self.weight = nnx.Param(jax.random.uniform(rngs.params(), (kernel, features), param_dtype, -bound, bound))
         self.bias = nnx.Param(jnp.zeros((features,), param_dtype))
@@ -30,11 +33,22 @@ class CausalConv(nnx.Module):
 
     def __call__(self, x_BxTxD: jax.Array, history_BxKxD: jax.Array | None = None):
         """Returns ``(y_BxTxD, history)``: ``history`` holds the last kernel−1 inputs, to continue
-        from (zeros before the sequence start when ``history_BxKxD`` is None)."""
+        from (zeros before the sequence start when ``history_BxKxD`` is None).
+
+        With ``seq_axis`` (sequence parallelism, inside ``shard_map``) ``x`` is this device's
+        shard of the sequence: the kernel−1 inputs before it come from the previous device (a
+        halo exchange), ``history`` only on the first device."""
         k = self.kernel_size
         w, b = self.weight[...].astype(x_BxTxD.dtype), self.bias[...].astype(x_BxTxD.dtype)
         if history_BxKxD is None:
             history_BxKxD = jnp.zeros(x_BxTxD.shape[:1] + (k - 1,) + x_BxTxD.shape[2:], x_BxTxD.dtype)
+        if self.seq_axis is not None and k > 1:
+            if x_BxTxD.shape[1] < k - 1:
+                raise ValueError(f"CausalConv: a sequence shard of {x_BxTxD.shape[1]} steps is shorter "
+                                 f"than the kernel's history of {k - 1}; use fewer devices on "
+                                 f"{self.seq_axis!r} or longer sequences.")
+            history_BxKxD = SeqAxis(self.seq_axis).from_previous(
+                x_BxTxD[:, -(k - 1):], history_BxKxD.astype(x_BxTxD.dtype))
         padded = jnp.concatenate([history_BxKxD.astype(x_BxTxD.dtype), x_BxTxD], axis=1)
         t = x_BxTxD.shape[1]
         # w[0] multiplies the current input, w[j] the input j steps back

@@ -36,6 +36,11 @@ class LanguageModel(nnx.Module):
     ``solver_method`` (recurrent); ``head_dim``, ``rope_base`` (attention); ``head_dim``,
     ``ssm_state``, ``ssm_expand``, ``ssm_chunk``, ``ssm_algorithm``, ``mode`` (mamba2);
     ``conv_kernel`` (recurrent and mamba2).
+
+    ``seq_axis``: sequence parallelism — the model is called inside ``jax.shard_map`` with
+    ``tokens`` this device's shard of consecutive positions along that mesh axis; the
+    recurrences are solved across the devices and the causal convolutions exchange their
+    halos (recurrent mixer only; no cache).
     """
 
     def __init__(self, *, vocab_size: int, d_model: int, n_layers: int, mlp_hidden: int | None = None,
@@ -44,7 +49,8 @@ class LanguageModel(nnx.Module):
                  solver_method: str | None = None, head_dim: int = 64, rope_base: float = 10000.0,
                  ssm_state: int = 128, ssm_expand: int = 2, ssm_chunk: int = 64, ssm_algorithm: str = "chunked",
                  dtype: Any = None, param_dtype: Any = jnp.float32,
-                 remat: bool = False, init_std: float = 0.02, sow_info: bool = False, rngs: nnx.Rngs):
+                 remat: bool = False, init_std: float = 0.02, sow_info: bool = False,
+                 seq_axis: str | None = None, rngs: nnx.Rngs):
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.dtype, self.remat, self.mixer = dtype, remat, mixer
         self.embed = nnx.Embed(vocab_size, d_model, dtype=dtype, param_dtype=param_dtype,
@@ -52,7 +58,8 @@ class LanguageModel(nnx.Module):
         mixer_kw = dict(cell=cell, num_heads=num_heads, conv_kernel=conv_kernel,
                         max_recurrent_norm=max_recurrent_norm, mode=mode, solver_method=solver_method,
                         head_dim=head_dim, rope_base=rope_base, ssm_state=ssm_state, ssm_expand=ssm_expand,
-                        ssm_chunk=ssm_chunk, ssm_algorithm=ssm_algorithm)
+                        ssm_chunk=ssm_chunk, ssm_algorithm=ssm_algorithm, seq_axis=seq_axis)
+        self.seq_axis = seq_axis
         # Output projections scaled by 1/√(2L) (GPT-2 style) keep the residual stream's scale.
         self.blocks = nnx.List([
             Block(d_model, mlp_hidden or default_mlp_hidden(d_model), std=init_std, dtype=dtype,

@@ -38,13 +38,19 @@ MIXER_OPTIONS = {
 
 
 def make_mixer(kind: str, d_model: int, *, std: float, rngs: nnx.Rngs, dtype: Any = None,
-               param_dtype: Any = jnp.float32, **options) -> nnx.Module:
+               param_dtype: Any = jnp.float32, seq_axis: str | None = None, **options) -> nnx.Module:
     """Build the mixer ``kind`` from the options it reads (:data:`MIXER_OPTIONS`; the others
-    are ignored, so one set of model options serves every mixer)."""
+    are ignored, so one set of model options serves every mixer). ``seq_axis``: sequence
+    parallelism over that mesh axis (recurrent mixer only)."""
     if kind not in MIXERS:
         raise MixerConfigError(f"model.mixer must be one of {sorted(MIXERS)}, got {kind!r}.")
+    if seq_axis is not None and kind != "recurrent":
+        raise MixerConfigError(f"sequence parallelism (mesh.seq > 1) needs model.mixer='recurrent' "
+                               f"(its Newton solve splits across devices); got {kind!r}.")
     missing = [k for k in MIXER_OPTIONS[kind] if k not in options]
     if missing:
         raise TypeError(f"make_mixer({kind!r}): missing options {missing}.")
     chosen = {k: options[k] for k in MIXER_OPTIONS[kind]}
+    if seq_axis is not None:
+        chosen["seq_axis"] = seq_axis
     return MIXERS[kind](d_model, std=std, rngs=rngs, dtype=dtype, param_dtype=param_dtype, **chosen)

@@ -27,13 +27,14 @@ class RecurrentMixer(nnx.Module):
 
     def __init__(self, d_model: int, *, cell: str, num_heads: int, conv_kernel: int,
                  max_recurrent_norm: float | None, mode: str, solver_method: str | None,
-                 std: float, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 std: float, dtype=None, param_dtype=jnp.float32, seq_axis: str | None = None,
+                 rngs: nnx.Rngs):
         if cell not in CELLS:
             raise MixerConfigError(f"model.cell must be one of {sorted(CELLS)}, got {cell!r}.")
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.in_proj = linear(d_model, 2 * d_model, std=std, rngs=rngs, **kw)
-        self.conv = CausalConv(d_model, conv_kernel, rngs=rngs, **kw)
-        cell_kw: dict[str, Any] = dict(mode=mode, sow_info=True, rngs=rngs, **kw)
+        self.conv = CausalConv(d_model, conv_kernel, seq_axis=seq_axis, rngs=rngs, **kw)
+        cell_kw: dict[str, Any] = dict(mode=mode, sow_info=True, seq_axis=seq_axis, rngs=rngs, **kw)
         if cell in ("paragru", "paralstm"):
             cell_kw.update(num_heads=num_heads, max_recurrent_norm=max_recurrent_norm)
         elif cell == "mingru":

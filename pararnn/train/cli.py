@@ -41,7 +41,7 @@ def dry_run(cfg, available: int | None = None) -> dict:
     The estimate is for the mesh :func:`~pararnn.train.memory.plan_mesh` assumes from
     ``cfg.mesh`` and the ``available`` devices (default: this machine's) — the same mesh and
     number the memory preflight of a real run uses."""
-    from .memory import GiB, count_params, estimate_bytes_per_device, param_breakdown, plan_mesh
+    from .memory import GiB, count_params, estimate_bytes_per_device, param_breakdown, mesh_settings, plan_mesh
     from .mesh import mesh_devices
     from .trainer import abstract_params
 
@@ -49,7 +49,7 @@ def dry_run(cfg, available: int | None = None) -> dict:
     n_params = count_params(abstract)
     available = len(mesh_devices(cfg.mesh)) if available is None else available
     plan = plan_mesh(cfg.mesh, available)
-    est = estimate_bytes_per_device(cfg, n_params, plan.devices, plan.fsdp)
+    est = estimate_bytes_per_device(cfg, n_params, plan.devices, plan.fsdp, plan.seq)
     groups = param_breakdown(abstract)
     mixer = cfg.model.cell if cfg.model.mixer == "recurrent" else cfg.model.mixer
     print(f"config {cfg.name}: {mixer} × {cfg.model.n_layers} layers, d_model {cfg.model.d_model}, "
@@ -61,14 +61,14 @@ def dry_run(cfg, available: int | None = None) -> dict:
             print(f"  {name:<12} {count:>16,}")
     if blocks:
         print(f"  {'blocks':<12} {sum(blocks):>16,}  ({len(blocks)} × {blocks[0]:,})")
-    print(f"mesh assumed: {plan.describe()} (mesh.data={cfg.mesh.data}, mesh.fsdp={cfg.mesh.fsdp}; "
+    print(f"mesh assumed: {plan.describe()} ({mesh_settings(cfg.mesh)}; "
           f"{available} device{'s' if available != 1 else ''} available here)")
     print(f"per device: params {est['params'] / GiB:.2f} GiB, grads {est['grads'] / GiB:.2f} GiB, AdamW "
           f"{est['optimizer'] / GiB:.2f} GiB, activations {est['activations'] / GiB:.2f} GiB, "
           f"total {est['total'] / GiB:.2f} GiB")
     summary = {"config": cfg.name, "params": n_params, "bytes_per_device": int(est["total"]),
                "breakdown": {k: int(v) for k, v in est.items()}, "devices": plan.devices, "data": plan.data,
-               "fsdp": plan.fsdp, "mesh": plan.describe(), "available_devices": available}
+               "fsdp": plan.fsdp, "seq": plan.seq, "mesh": plan.describe(), "available_devices": available}
     print(json.dumps(summary))
     return summary
 

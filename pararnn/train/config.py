@@ -119,6 +119,7 @@ class TrainConfig:
 class MeshConfig:
     data: int = -1  # -1: all devices not used by the other axes
     fsdp: int = 1
+    seq: int = 1  # sequence parallelism: split every sequence's time axis over this many devices
     devices: int = -1  # use only the first N devices (-1: all; single-process only)
 
 

@@ -34,7 +34,7 @@ def _itemsize(name: str) -> int:
     return jnp.dtype(name).itemsize
 
 
-def activation_bytes(cfg: Config, batch_per_device: int) -> int:
+def activation_bytes(cfg: Config, batch_per_device: int, seq: int = 1) -> int:
     """A rough upper estimate of the activations kept for the backward pass on one device.
 
     Per layer and token: the mixer stores ~12·d values (recurrent: projections, conv, gates,
@@ -42,11 +42,12 @@ def activation_bytes(cfg: Config, batch_per_device: int) -> int:
     and key, so quadratic in seq_len), Mamba2 ~6 per inner channel plus its float32 chunk
     matrices (2 per head and chunk position) — and the SwiGLU ~3·h; with ``remat`` only the
     block input survives per layer, plus one layer's worth during its recomputation. Logits
-    and their gradient are float32.
+    and their gradient are float32. With sequence parallelism (``seq`` devices per sequence)
+    a device holds ``seq_len / seq`` positions of each of its sequences.
     """
     m, d = cfg.model, cfg.model.d_model
     h = m.mlp_hidden or 64 * math.ceil(8 * d / 3 / 64)
-    tokens = batch_per_device * cfg.data.seq_len // max(cfg.optim.grad_accum, 1)
+    tokens = batch_per_device * (cfg.data.seq_len // max(seq, 1)) // max(cfg.optim.grad_accum, 1)
     if m.mixer == "attention":
         heads = max(d // max(m.head_dim, 1), 1)
         mixer = 6 * d * _itemsize(m.dtype) + 2 * heads * cfg.data.seq_len * 4
@@ -64,15 +65,16 @@ def activation_bytes(cfg: Config, batch_per_device: int) -> int:
     return tokens * (layers + 2 * m.vocab_size * 4)
 
 
-def estimate_bytes_per_device(cfg: Config, n_params: int, n_devices: int, fsdp: int) -> dict:
+def estimate_bytes_per_device(cfg: Config, n_params: int, n_devices: int, fsdp: int, seq: int = 1) -> dict:
     """Bytes per device: parameters, gradients and AdamW's two moments sharded over ``fsdp``,
-    plus activations for this device's share of the batch."""
+    plus activations for this device's share of the batch (``n_devices / seq`` devices split
+    the batch; ``seq`` devices split each sequence)."""
     p_bytes = n_params * _itemsize(cfg.model.param_dtype)
     params = p_bytes / fsdp
     grads = p_bytes / fsdp
     optimizer = 2 * n_params * _itemsize(cfg.model.param_dtype) / fsdp
-    batch_per_device = max(cfg.data.batch_size // max(n_devices, 1), 1)
-    acts = activation_bytes(cfg, batch_per_device)
+    batch_per_device = max(cfg.data.batch_size // max(n_devices // max(seq, 1), 1), 1)
+    acts = activation_bytes(cfg, batch_per_device, seq)
     total = params + grads + optimizer + acts
     return {"params": params, "grads": grads, "optimizer": optimizer, "activations": acts, "total": total}
 
@@ -107,27 +109,36 @@ def fit_suggestion(cfg: Config, n_params: int, device_gib: float = 80.0) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class MeshPlan:
-    """The (data, fsdp) mesh a config asks for, given how many devices are ``available``.
+    """The (data, fsdp, seq) mesh a config asks for, given how many devices are ``available``.
 
-    ``mesh.data=-1`` means "all devices the fsdp axis leaves", at least 1. ``--dry-run``
-    and the memory preflight both estimate per device on this plan, so they agree.
+    ``mesh.data=-1`` means "all devices the fsdp and seq axes leave", at least 1.
+    ``--dry-run`` and the memory preflight both estimate per device on this plan, so they agree.
     """
 
     data: int
     fsdp: int
     available: int
+    seq: int = 1
 
     @property
     def devices(self) -> int:
-        return self.data * self.fsdp
+        return self.data * self.fsdp * self.seq
 
     def describe(self) -> str:
-        return f"data {self.data} × fsdp {self.fsdp} = {self.devices} device{'s' if self.devices != 1 else ''}"
+        seq = f" × seq {self.seq}" if self.seq > 1 else ""
+        return (f"data {self.data} × fsdp {self.fsdp}{seq} = {self.devices} "
+                f"device{'s' if self.devices != 1 else ''}")
+
+
+def mesh_settings(mesh: MeshConfig) -> str:
+    """The mesh keys as set, for messages: ``mesh.seq`` only when it splits sequences."""
+    seq = f", mesh.seq={mesh.seq}" if mesh.seq > 1 else ""
+    return f"mesh.data={mesh.data}, mesh.fsdp={mesh.fsdp}{seq}"
 
 
 def plan_mesh(mesh: MeshConfig, available: int) -> MeshPlan:
-    data = mesh.data if mesh.data > 0 else max(available // mesh.fsdp, 1)
-    return MeshPlan(data=data, fsdp=mesh.fsdp, available=available)
+    data = mesh.data if mesh.data > 0 else max(available // (mesh.fsdp * mesh.seq), 1)
+    return MeshPlan(data=data, fsdp=mesh.fsdp, available=available, seq=mesh.seq)
 
 
 def _breakdown(need: dict) -> str:
@@ -145,7 +156,7 @@ def memory_preflight(cfg: Config, n_params: int, available: int,
     number came from)``, default :func:`device_memory_bytes`) is too small. Returns the
     estimate (``estimate_bytes_per_device``'s dict)."""
     plan = plan_mesh(cfg.mesh, available)
-    need = estimate_bytes_per_device(cfg, n_params, plan.devices, plan.fsdp)
+    need = estimate_bytes_per_device(cfg, n_params, plan.devices, plan.fsdp, plan.seq)
     have, source = device_memory if device_memory is not None else device_memory_bytes()
     what = f"config {cfg.name!r} ({n_params / 1e9:.2f} B parameters)"
     if plan.devices > available:
@@ -156,14 +167,14 @@ def memory_preflight(cfg: Config, n_params: int, available: int,
                     f"need about {alone / GiB:.1f} GiB per device, and a device here has {have / GiB:.1f} GiB "
                     f"({source})")
         raise TrainingError(
-            f"not enough devices: {what} is set up for a mesh of {plan.describe()} (mesh.data={cfg.mesh.data}, "
-            f"mesh.fsdp={cfg.mesh.fsdp}), where it needs about {need['total'] / GiB:.1f} GiB per device "
+            f"not enough devices: {what} is set up for a mesh of {plan.describe()} "
+            f"({mesh_settings(cfg.mesh)}), where it needs about {need['total'] / GiB:.1f} GiB per device "
             f"({_breakdown(need)}; the --dry-run estimate), but {available} device{'s are' if available != 1 else ' is'} "
             f"available{here}. Run it where {plan.devices} devices are available (several hosts: see README), "
-            f"or set mesh.fsdp / mesh.data for this machine.")
+            f"or set mesh.fsdp / mesh.data / mesh.seq for this machine.")
     if have is not None and need["total"] > have:
         raise TrainingError(
             f"not enough memory: {what} needs about {need['total'] / GiB:.1f} GiB per device ({_breakdown(need)}) "
-            f"on a mesh of {plan.describe()} (mesh.data={cfg.mesh.data}, mesh.fsdp={cfg.mesh.fsdp}), but a device "
+            f"on a mesh of {plan.describe()} ({mesh_settings(cfg.mesh)}), but a device "
             f"here has {have / GiB:.1f} GiB ({source}). {fit_suggestion(cfg, n_params)}.")
     return need

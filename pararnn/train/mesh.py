@@ -1,8 +1,9 @@
-"""Devices: the multi-process runtime, the (data, fsdp) mesh and how arrays are sharded on it.
+"""Devices: the multi-process runtime, the (data, fsdp, seq) mesh and how arrays are sharded.
 
 Parameters (and optimizer state) are sharded FSDP-style: each array is split along its
-largest axis that the ``fsdp`` mesh axis divides, and replicated across ``data``. Batches
-are split along their first axis over all devices (``data`` × ``fsdp``).
+largest axis that the ``fsdp`` mesh axis divides, and replicated across ``data`` and
+``seq``. Batches are split along their first axis over ``data`` × ``fsdp`` and, with
+sequence parallelism (``mesh.seq > 1``), along time over ``seq``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from .config import ConfigError, MeshConfig
 
 BATCH_AXES = ("data", "fsdp")
+SEQ_AXIS = "seq"
 
 
 def maybe_initialize_distributed() -> bool:
@@ -53,14 +55,18 @@ def mesh_devices(cfg: MeshConfig) -> list:
 def make_mesh(cfg: MeshConfig) -> Mesh:
     all_devices = mesh_devices(cfg)
     n = len(all_devices)
-    if cfg.fsdp < 1 or n % cfg.fsdp:
-        raise ConfigError(f"mesh.fsdp={cfg.fsdp} must be >= 1 and divide the {n} available devices.")
-    data = cfg.data if cfg.data > 0 else n // cfg.fsdp
-    if data * cfg.fsdp != n:
-        raise ConfigError(f"mesh.data={cfg.data} × mesh.fsdp={cfg.fsdp} = {data * cfg.fsdp} must equal "
-                          f"the {n} available devices (mesh.data=-1 uses all the rest).")
-    devices = np.asarray(all_devices).reshape(data, cfg.fsdp)
-    return Mesh(devices, ("data", "fsdp"))
+    inner = cfg.fsdp * cfg.seq
+    if cfg.fsdp < 1 or cfg.seq < 1 or n % inner:
+        raise ConfigError(f"mesh.fsdp={cfg.fsdp} × mesh.seq={cfg.seq} = {inner} must divide the {n} "
+                          f"available devices.")
+    data = cfg.data if cfg.data > 0 else n // inner
+    if data * inner != n:
+        raise ConfigError(f"mesh.data={cfg.data} × mesh.fsdp={cfg.fsdp} × mesh.seq={cfg.seq} = "
+                          f"{data * inner} must equal the {n} available devices (mesh.data=-1 uses all "
+                          f"the rest).")
+    # seq innermost: the devices of one sequence are neighbours (the halo and summary exchange)
+    devices = np.asarray(all_devices).reshape(data, cfg.fsdp, cfg.seq)
+    return Mesh(devices, ("data", "fsdp", SEQ_AXIS))
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
@@ -84,7 +90,8 @@ def state_shardings(mesh: Mesh, abstract_state):
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(BATCH_AXES))
+    """(batch, time) arrays: batch over data × fsdp, time over seq."""
+    return NamedSharding(mesh, P(BATCH_AXES, SEQ_AXIS) if mesh.shape[SEQ_AXIS] > 1 else P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -86,5 +86,15 @@ VALUE_RULES: dict[str, list[Rule]] = {
     # mesh
     "mesh.data": [at_least(1, also=(-1,)).but(note="-1: all devices not used by mesh.fsdp")],
     "mesh.fsdp": [_positive_int],
+    "mesh.seq": [
+        _positive_int,
+        divides("data.seq_len").but(note="every device holds an equal shard of each sequence"),
+        Rule(lambda v, get: v == 1 or get("model.mixer") == "recurrent",
+             lambda get: f"must be 1 for model.mixer={get('model.mixer')!r}").but(
+            note="only the recurrent mixer's Newton solve splits across devices"),
+        Rule(lambda v, get: v == 1 or get("data.seq_len") // v >= get("model.conv_kernel") - 1,
+             lambda get: f"must leave shards of at least model.conv_kernel − 1 = "
+                         f"{get('model.conv_kernel') - 1} steps (data.seq_len={get('data.seq_len')})").but(
+            note="the causal convolution's halo comes from the previous device")],
     "mesh.devices": [at_least(1, also=(-1,)).but(note="-1: all devices")],
 }

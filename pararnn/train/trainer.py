@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from ..models import LanguageModel, MixerConfigError
 from . import data as data_lib
@@ -21,7 +22,8 @@ from .config import Config, ConfigError, config_to_dict, validate_config
 from .errors import TrainingError
 from .interrupts import Interrupts
 from .memory import count_params, memory_preflight
-from .mesh import batch_sharding, local_rows, make_mesh, mesh_devices, replicated, state_shardings, to_global
+from .mesh import (SEQ_AXIS, batch_sharding, local_rows, make_mesh, mesh_devices, replicated,
+                   state_shardings, to_global)
 from .metrics import MetricsWriter, Progress, announce, peak_flops_per_device, train_flops_per_token
 from .optim import lm_loss, make_optimizer, schedule
 from .resume import find_resume_point, nothing_to_do_message, report_changes
@@ -31,7 +33,10 @@ __all__ = ["train", "TrainingError", "build_model", "abstract_params", "memory_p
            "make_steps"]
 
 
-def build_model(cfg: Config, vocab_size: int, rngs: nnx.Rngs, sow_info: bool = False) -> LanguageModel:
+def build_model(cfg: Config, vocab_size: int, rngs: nnx.Rngs, sow_info: bool = False,
+                seq_axis: str | None = None) -> LanguageModel:
+    """The language model of ``cfg``; ``seq_axis`` makes it sequence-parallel (training with
+    ``mesh.seq > 1``; decoding and evaluation outside the trainer use the plain model)."""
     m = cfg.model
     try:
         return LanguageModel(vocab_size=vocab_size, d_model=m.d_model, n_layers=m.n_layers, mlp_hidden=m.mlp_hidden,
@@ -40,25 +45,28 @@ def build_model(cfg: Config, vocab_size: int, rngs: nnx.Rngs, sow_info: bool = F
                              head_dim=m.head_dim, rope_base=m.rope_base, ssm_state=m.ssm_state,
                              ssm_expand=m.ssm_expand, ssm_chunk=m.ssm_chunk, ssm_algorithm=m.ssm_algorithm,
                              dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), remat=m.remat,
-                             init_std=m.init_std, sow_info=sow_info, rngs=rngs)
+                             init_std=m.init_std, sow_info=sow_info, seq_axis=seq_axis, rngs=rngs)
     except MixerConfigError as e:  # a mixer option the mixer cannot use: a config error, named
         raise ConfigError(str(e)) from None
 
 
-def abstract_params(cfg: Config, vocab_size: int):
+def abstract_params(cfg: Config, vocab_size: int, seq_axis: str | None = None):
     """(graphdef, parameter ShapeDtypeStructs) without allocating anything."""
-    model = nnx.eval_shape(lambda: build_model(cfg, vocab_size, nnx.Rngs(0), sow_info=True))
+    model = nnx.eval_shape(lambda: build_model(cfg, vocab_size, nnx.Rngs(0), sow_info=True,
+                                               seq_axis=seq_axis))
     graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, params
 
 
 def check_batch(cfg: Config, n_devices: int) -> None:
+    """``n_devices``: the devices the batch is split over (data × fsdp; not seq, which splits
+    time)."""
     b, acc = cfg.data.batch_size, cfg.optim.grad_accum
     if acc < 1 or b % acc:
         raise ConfigError(f"optim.grad_accum={acc} must be >= 1 and divide data.batch_size={b}.")
     if (b // acc) % n_devices:
         raise ConfigError(f"data.batch_size / optim.grad_accum = {b // acc} sequences per micro-batch must "
-                          f"be divisible by the {n_devices} devices of the mesh.")
+                          f"be divisible by the {n_devices} data × fsdp devices of the mesh.")
 
 
 def make_steps(cfg: Config, graphdef, optimizer, sched, mesh, shardings):
@@ -67,13 +75,32 @@ def make_steps(cfg: Config, graphdef, optimizer, sched, mesh, shardings):
     ``inputs``/``targets``/``mask`` arrays of shape (global batch, seq_len)."""
     acc, z = cfg.optim.grad_accum, cfg.optim.z_loss
 
-    def loss_fn(params, mb):
+    def model_forward(params, inputs):
+        """Logits and the largest Newton iteration count of any recurrent layer."""
         model = nnx.merge(graphdef, params)
-        logits, inter = nnx.capture(model, nnx.Intermediate)(mb["inputs"])
-        loss, metrics = lm_loss(logits, mb["targets"], mb["mask"], z)
+        logits, inter = nnx.capture(model, nnx.Intermediate)(inputs)
         infos = [v for path, v in jax.tree_util.tree_leaves_with_path(inter) if "iterations" in jax.tree_util.keystr(path)]
-        metrics["newton_iterations"] = (jnp.max(jnp.stack([jnp.max(i) for i in infos]))
-                                        if infos else jnp.zeros((), jnp.int32))
+        iters = jnp.max(jnp.stack([jnp.max(i) for i in infos])) if infos else jnp.zeros((), jnp.int32)
+        return logits, iters
+
+    if cfg.mesh.seq > 1:
+        # Sequence parallelism: the model runs inside a shard_map that is manual over "seq"
+        # (its recurrences and convolutions exchange boundaries across those devices) and
+        # automatic over data × fsdp (sharded as before by XLA).
+        def seq_forward(params, inputs):
+            logits, iters = model_forward(params, inputs)
+            return logits, jax.lax.pmax(iters, SEQ_AXIS)
+
+        forward = jax.shard_map(seq_forward, mesh=mesh, in_specs=(P(), P(None, SEQ_AXIS)),
+                                out_specs=(P(None, SEQ_AXIS), P()), axis_names={SEQ_AXIS},
+                                check_vma=False)
+    else:
+        forward = model_forward
+
+    def loss_fn(params, mb):
+        logits, iters = forward(params, mb["inputs"])
+        loss, metrics = lm_loss(logits, mb["targets"], mb["mask"], z)
+        metrics["newton_iterations"] = iters
         return loss, metrics
 
     def train_step(state, batch):
@@ -121,13 +148,14 @@ def train(cfg: Config, workdir: str) -> dict:
     ``preempted`` (SIGTERM), ``nothing_to_do``."""
     validate_config(cfg)
     check_workdir_path(workdir)
-    graphdef, abstract = abstract_params(cfg, cfg.model.vocab_size)
+    graphdef, abstract = abstract_params(cfg, cfg.model.vocab_size,
+                                         seq_axis=SEQ_AXIS if cfg.mesh.seq > 1 else None)
     n_params = count_params(abstract)
     # Memory first (before the mesh, data or any allocation): what this machine can hold.
     memory_preflight(cfg, n_params, len(mesh_devices(cfg.mesh)))
     mesh = make_mesh(cfg.mesh)
     n_devices = mesh.size
-    check_batch(cfg, n_devices)
+    check_batch(cfg, n_devices // cfg.mesh.seq)
     os.makedirs(workdir, exist_ok=True)
     if not cfg.train.resume:
         moved = move_previous_run(workdir)

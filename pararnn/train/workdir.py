@@ -40,7 +40,7 @@ _RUN_FILES = ("checkpoints", METRICS_FILE, CONFIG_FILE, "corrupt_checkpoints")
 RESUMABLE_KEYS = frozenset({
     "name", "train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.progress", "train.stop_after", "train.resume", "train.spawn_from",
-    "train.spawn_step", "data.eval_batches", "mesh.data", "mesh.fsdp", "mesh.devices", "model.mode",
+    "train.spawn_step", "data.eval_batches", "mesh.data", "mesh.fsdp", "mesh.seq", "mesh.devices", "model.mode",
     "model.solver_method", "model.remat", "optim.grad_accum",
 })
 _QUIET_KEYS = frozenset({"train.resume", "train.spawn_from", "train.spawn_step"})  # not worth a line
