@@ -30,6 +30,7 @@ from .adjoint import BACKWARDS, parallel_adjoint, rebuild_jacobian, sequential_a
 from .auto import choose_backward, choose_method
 from .control import match_varying, run_if
 from .jacobians import JacobianSpec, linearize, vmap_over_time
+from .kernels.solve_glue import fused_backward, fused_forward, resolve_solve_algorithm
 from .newton_loop import default_max_iters, default_patience, iterate, residual_stats, within_tol
 from .scan import ALGORITHMS
 from .structure import DENSE, DIAGONAL, Structure
@@ -189,6 +190,7 @@ def solve(
     validate.check_step(step, h0, x0_spec, params)
     structure, jac_fn = validate.resolve_jacobian(jacobian, h0, x0_spec, params)
     validate.check_jacobian_diagonal(jacobian_diagonal, h0, x0_spec, params)
+    algorithm = resolve_solve_algorithm(algorithm, structure, step, h0, xs, params, method)
     jac_fns = (jac_fn, jacobian_diagonal)
     init = validate.check_init(init, t, h0)
     max_iters = validate.check_max_iters(max_iters)
@@ -199,7 +201,7 @@ def solve(
         tol = default_tol(h0.dtype)
     if method == "auto":
         method = choose_method(structure, t, h0.shape, dtype=h0.dtype)
-    elif method != "sequential":
+    elif method != "sequential" and algorithm != "fused":  # fused: no T-long Jacobians
         _check_working_set(structure, method, t, h0, "forward")
     if backward == "auto":
         backward = choose_backward(structure, method, t, h0.shape, dtype=h0.dtype)
@@ -356,18 +358,24 @@ def _forward(cfg: _Config, step_c, spec, h0, xs, params, consts, jconsts, init, 
             step_c, spec, _shift(h0, hs), xs, params, consts, jconsts, diagonal_only=quasi
         )
 
-    if init is None:
+    if init is None and cfg.algorithm != "fused":  # the fused kernel computes its own
         zeros = jnp.zeros((jax.tree_util.tree_leaves(xs)[0].shape[0],) + h0.shape, h0.dtype)
         init = f_all(zeros, xs, params, *consts)
-    hs, jac, progress = iterate(
-        lin, init, h0, structure=iter_structure, algorithm=cfg.algorithm, tol=cfg.tol,
-        max_iters=cfg.max_iters, patience=cfg.patience, damping=cfg.damping)
+    if cfg.algorithm == "fused":
+        hs, jac, progress = fused_forward(
+            step_c, h0, xs, params, consts, init, structure=st, method=cfg.method, tol=cfg.tol,
+            max_iters=cfg.max_iters, patience=cfg.patience, damping=cfg.damping)
+    else:
+        hs, jac, progress = iterate(
+            lin, init, h0, structure=iter_structure, algorithm=cfg.algorithm, tol=cfg.tol,
+            max_iters=cfg.max_iters, patience=cfg.patience, damping=cfg.damping)
     iters, res = progress.iterations, progress.residual
     converged = within_tol(res, hs, cfg.tol)
 
     # The parallel adjoint reuses the Newton Jacobians at the solution when they are exact
     # (not quasi) and not dense (T·D² is better rebuilt in the backward than kept meanwhile).
-    keep = keep_jacobian and cfg.backward == "parallel" and not quasi and st is not DENSE
+    keep = (keep_jacobian and cfg.backward == "parallel" and not quasi and st is not DENSE
+            and jac is not None)
     result = (hs, jac if keep else None, res)
     if cfg.fallback == "sequential":
 
@@ -462,6 +470,8 @@ def _make_core(cfg: _Config, step_c: Callable, spec: JacobianSpec):
         hprev = _shift(h0, hs)
         if cfg.backward == "sequential":
             lam = sequential_adjoint(step_c, hprev, xs, params, consts, g_hs)
+        elif cfg.algorithm == "fused":  # Jacobians built on the fly, never stored
+            lam = fused_backward(step_c, h0, hs, xs, params, consts, g_hs, structure=st)
         else:
             _check_working_set(st, cfg.method, hs.shape[0], h0, "backward")
             if jac is None:  # not kept by the forward: rebuild the exact Jacobians

@@ -31,10 +31,11 @@ from .structure import DIAGONAL, Structure, get_structure
 
 __all__ = ["linear_recurrence", "ALGORITHMS", "default_algorithm"]
 
-ALGORITHMS = ("auto", "tree", "chunked", "sequential")
+ALGORITHMS = ("auto", "tree", "chunked", "sequential", "fused")
 
 
-def default_algorithm(structure: str | Structure = "diagonal", backend: str | None = None) -> str:
+def default_algorithm(structure: str | Structure = "diagonal", backend: str | None = None,
+                      channels: int | None = None) -> str:
     """The algorithm ``"auto"`` resolves to for ``structure`` on ``backend`` (default: JAX's
     default backend).
 
@@ -43,9 +44,15 @@ def default_algorithm(structure: str | Structure = "diagonal", backend: str | No
     sequences), ``"tree"`` for block and dense ones (fewer, larger combines). A plain
     ``"sequential"`` scan is faster than both on a 2-core CPU, which is why
     ``solve(method="auto")`` picks the sequential solve there altogether.
-    Accelerators: ``"tree"``, whose O(log T) depth has no per-step loop (not yet measured by
-    this project).
+    CUDA GPUs: ``"fused"`` (the Pallas kernel of :mod:`pararnn.kernels`) for diagonal and
+    block structures whose channel count D (``channels``) is a multiple of 8 — predicted
+    faster by benchmarks/roofline.py, not yet measured on a GPU. Other accelerators, dense
+    structures: ``"tree"``, whose O(log T) depth has no per-step loop.
     """
+    from .kernels.solve_glue import prefers_fused  # late import: kernels import this module
+
+    if prefers_fused(get_structure(structure), channels, backend):
+        return "fused"
     backend = backend or jax.default_backend()
     if backend == "cpu" and get_structure(structure) is DIAGONAL:
         return "chunked"
@@ -112,7 +119,11 @@ def linear_recurrence(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
 
     if algorithm == "auto":
-        algorithm = default_algorithm(st)
+        algorithm = default_algorithm(st, channels=h0.shape[-1] if h0.ndim else None)
+    if algorithm == "fused":  # the Pallas kernel (pararnn.kernels; imported late: no cycle)
+        from .kernels.linear_kernel import fused_linear_recurrence
+        return fused_linear_recurrence(a, b, h0, structure=st, reverse=reverse,
+                                       out_dtype=_promote(a.dtype, b.dtype, h0.dtype))
     return _linear_recurrence(a, b, h0, st, reverse, algorithm, chunk_size)
 
 
