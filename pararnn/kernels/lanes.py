@@ -208,17 +208,17 @@ class _Evaluator:
         channel = any(v.channel for v in ins)
         if channel:
             ins = [self.as_channel(v, eqn) for v in ins]
-        leads = {v.lead for v in ins if v.lead}
-        if len(leads) > 1:
-            self.fail(eqn, f"operands of shapes {sorted(leads)} (internal: mismatched leading shapes)")
-        lead = leads.pop() if leads else ()
-        n = math.prod(lead)
+        try:  # operands may broadcast size-1 axes (and rank-0 scalars) against each other
+            lead = tuple(np.broadcast_shapes(*[v.lead for v in ins]))
+        except ValueError:
+            self.fail(eqn, f"operands of leading shapes {[v.lead for v in ins]} do not broadcast")
+        picks = [np.broadcast_to(self.index(v.lead), lead).reshape(-1) for v in ins]
         prim, params = eqn.primitive, eqn.params
         upcast = eqn.primitive.name not in _NO_UPCAST
         in_dtypes = [v.dtype for v in ins]
         out = []
-        for i in range(n):
-            elems = [v.elems[i] if v.lead else v.elems[0] for v in ins]
+        for i in range(math.prod(lead)):
+            elems = [v.elems[pick[i]] for v, pick in zip(ins, picks)]
             out.append(apply_elementwise(lambda *a: prim.bind(*a, **params), elems, in_dtypes,
                                          out_aval.dtype, upcast))
         return LaneValue(lead, tuple(out), channel, np.dtype(out_aval.dtype))

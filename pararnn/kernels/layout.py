@@ -189,6 +189,7 @@ class StepPlan:
                 self.s_operands.append(self._operand(name, spec, per_step=False))
                 self.s_index.append(None)
                 self.const_inputs.append(c)
+        self._dry_run()
         n_tiles = sum(math.prod(op.lead) for op in self.x_operands)
         if n_tiles > MAX_STEP_TILES:
             desc = ", ".join(f"{op.name} {list(op.shape)}" for op in self.x_operands)
@@ -196,6 +197,26 @@ class StepPlan:
                 f"the fused kernel loads {n_tiles} register tiles per time step ({desc}); at "
                 f"most {MAX_STEP_TILES} fit. Fold leading axes of xs into fewer leaves or use "
                 f"algorithm='tree'/'chunked'.")
+
+    def _dry_run(self) -> None:
+        """Evaluate the programs on abstract 1×1 tiles: a step that mixes channels or uses
+        an unsupported primitive fails here, at solve() time, not inside the kernel."""
+        def lanes(op: Operand):
+            tiles = tuple(jnp.zeros((1, 1), op.dtype) for _ in range(math.prod(op.lead)))
+            return LaneValue(op.lead, tiles, op.channel, op.dtype)
+
+        def run():
+            h = LaneValue(self.state_lead, tuple(jnp.zeros((1, 1), self.state_dtype)
+                                                 for _ in range(math.prod(self.state_lead))),
+                          True, self.state_dtype)
+            xv = [lanes(op) for op in self.x_operands]
+            sv = [lanes(op) for op in self.s_operands]
+            self.step(h, xv, sv)
+            if self._lin is not None:
+                self.linearize(h, xv, sv)
+            return 0
+
+        jax.eval_shape(run)
 
     def _operand(self, name: str, spec, *, per_step: bool) -> Operand:
         shape, d = tuple(spec.shape), self.channels

@@ -25,7 +25,8 @@ def fused_linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array, *, struct
                             chunks: int | None = None,
                             options: KernelOptions = KernelOptions()) -> jax.Array:
     """All states of ``h_t = A_t h_{t−1} + b_t`` (``h_t = A_t h_{t+1} + b_t`` when
-    ``reverse``, with ``h_T ≡ h0``).
+    ``reverse``, with ``h_T ≡ h0``). Differentiable in reverse mode (the cotangent solves the
+    transposed recurrence with the same kernel).
 
     Args:
       a: ``(T, *S)`` for DIAGONAL, ``(T, N, K, K)`` for BLOCK (state ``S = (K, N)``).
@@ -33,6 +34,52 @@ def fused_linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array, *, struct
       out_dtype: the result dtype (default: promoted from the inputs); computed in float32
         at least.
     """
+    out_dtype = jnp.dtype(out_dtype or jnp.result_type(a, b, h0))
+    return _differentiable(structure, reverse, out_dtype, lanes, chunks, options)(a, b, h0)
+
+
+def _differentiable(structure, reverse, out_dtype, lanes, chunks, options):
+    def run(a, b, h0, rev=reverse, dtype=out_dtype):
+        return _fused(a, b, h0, structure=structure, reverse=rev, out_dtype=dtype, lanes=lanes,
+                      chunks=chunks, options=options)
+
+    @jax.custom_vjp
+    def f(a, b, h0):
+        return run(a, b, h0)
+
+    def fwd(a, b, h0):
+        hs = run(a, b, h0)
+        return hs, (a, b, h0, hs)
+
+    def bwd(res, g):
+        # h_t = A_t h_prev(t) + b_t  ⇒  λ_t = g_t + A_next(t)ᵀ λ_next(t), run the other way;
+        # then ∂b_t = λ_t, ∂A_t = λ_t ⊗ h_prev(t), ∂h0 = A_firstᵀ λ_first.
+        a, b, h0, hs = res
+        at = structure.transpose(a)
+        zero = jnp.zeros_like(at[:1])
+        if reverse:  # prev(t) = t + 1, next(t) = t − 1
+            coef = jnp.concatenate([zero, at[:-1]], 0)
+            hprev = jnp.concatenate([hs[1:], h0[None].astype(hs.dtype)], 0)
+        else:
+            coef = jnp.concatenate([at[1:], zero], 0)
+            hprev = jnp.concatenate([h0[None].astype(hs.dtype), hs[:-1]], 0)
+        lam = run(coef, g, jnp.zeros_like(h0), rev=not reverse,
+                  dtype=jnp.result_type(g.dtype, jnp.float32))
+        hprev = hprev.astype(lam.dtype)
+        if structure is BLOCK:  # state (K, N), A (N, K, K): ∂A[n, i, j] = λ[i, n] h[j, n]
+            d_a = jnp.einsum("tin,tjn->tnij", lam, hprev)
+        else:
+            d_a = lam * hprev
+        edge = lam[-1] if reverse else lam[0]
+        a_edge = a[-1] if reverse else a[0]
+        d_h0 = structure.apply(structure.transpose(a_edge).astype(lam.dtype), edge)
+        return d_a.astype(a.dtype), lam.astype(b.dtype), d_h0.astype(h0.dtype)
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+def _fused(a, b, h0, *, structure, reverse, out_dtype, lanes, chunks, options):
     if structure is not DIAGONAL and structure is not BLOCK:
         raise ValueError(f"algorithm='fused' supports structure 'diagonal' and 'block', got "
                          f"{structure.name!r}; use 'tree' or 'chunked' for dense recurrences.")
@@ -41,7 +88,6 @@ def fused_linear_recurrence(a: jax.Array, b: jax.Array, h0: jax.Array, *, struct
                          "scalar; reshape it to (1,).")
     t = b.shape[0]
     state = tuple(h0.shape)
-    out_dtype = jnp.dtype(out_dtype or jnp.result_type(a, b, h0))
     cdt = jnp.dtype(jnp.float64) if out_dtype == jnp.float64 else jnp.dtype(jnp.float32)
     lead, d = state[:-1], state[-1]
     if structure is BLOCK:
