@@ -256,3 +256,49 @@ def test_bfloat16_inputs_accumulate_in_float32(name):
     # bfloat16 keeps 8 bits: ~4e-3 relative per rounding; states ~1 and contractive cells
     # keep the error to a few roundings (measured err_f ~ err_x ~ 2e-2)
     assert err_f <= max(2 * err_x, 3e-2), (err_f, err_x)
+
+
+@pytest.mark.slow
+def test_init_quasi_newton_and_hand_written_jacobians():
+    """The first iterate ``init`` is used (the exact answer: no iteration); quasi-Newton on
+    2×2 blocks (diagonal of each block) reaches the same fixed point; a hand-written block
+    Jacobian only declares the structure (the kernel differentiates the step itself)."""
+    from pararnn.cells import ParaLSTMCell
+
+    case = make_case("paralstm", 300)
+    seq = pararnn.solve(case.step, case.h0, case.xs, case.params, jacobian="block",
+                        method="sequential")
+    hs, info = pararnn.solve(case.step, case.h0, case.xs, case.params, jacobian="block",
+                             algorithm="fused", init=seq, return_info=True)
+    assert int(info.iterations) == 0 and bool(info.converged)
+    np.testing.assert_array_equal(np.asarray(hs), np.asarray(seq))
+    hs_q, info_q = pararnn.solve(case.step, case.h0, case.xs, case.params, jacobian="block",
+                                 method="quasi", algorithm="fused", return_info=True)
+    _, info_n = pararnn.solve(case.step, case.h0, case.xs, case.params, jacobian="block",
+                              algorithm="fused", return_info=True)
+    assert bool(info_q.converged) and int(info_q.iterations) >= int(info_n.iterations)
+    assert np.abs(np.asarray(hs_q) - np.asarray(seq)).max() <= FWD_TOL
+    cell = ParaLSTMCell(8, 64)
+    hs_j = pararnn.solve(case.step, case.h0, case.xs, case.params, jacobian=cell.jacobian,
+                         algorithm="fused")
+    assert np.abs(np.asarray(hs_j) - np.asarray(seq)).max() <= FWD_TOL
+
+
+@pytest.mark.slow
+def test_layers_run_the_fused_path():
+    """A ParaGRU layer with algorithm='fused' (what 'auto' picks on CUDA) matches its
+    sequential mode, forward and gradients."""
+    from flax import nnx
+    from pararnn.nn import ParaGRU
+
+    layer = ParaGRU(8, 32, rngs=nnx.Rngs(0), algorithm="fused")
+    x = jax.random.normal(jax.random.key(1), (2, 50, 8), jnp.float32)
+
+    def loss(layer, mode):
+        return jnp.sum(jnp.sin(layer(x, mode=mode)))
+
+    (lp, gp) = nnx.value_and_grad(lambda m: loss(m, "parallel"))(layer)
+    (ls, gs) = nnx.value_and_grad(lambda m: loss(m, "sequential"))(layer)
+    assert abs(float(lp) - float(ls)) <= 1e-3
+    for a, b in zip(jax.tree_util.tree_leaves(nnx.state(gp)), jax.tree_util.tree_leaves(nnx.state(gs))):
+        assert float(jnp.abs(a - b).max()) <= 1e-4 * max(1.0, float(jnp.abs(b).max()))
