@@ -150,7 +150,9 @@ def solve(
         also under ``vmap``.
       return_info: also return a :class:`SolveInfo`.
       algorithm: the linear-recurrence algorithm (``"auto"``, ``"tree"``, ``"chunked"``,
-        ``"sequential"``), see :mod:`pararnn.scan`.
+        ``"sequential"``), see :mod:`pararnn.scan`; or ``"fused"``: the whole Newton solve
+        and the adjoint in Pallas kernels (:mod:`pararnn.kernels`; diagonal and block
+        steps that are elementwise over the channel axis; ``"auto"`` picks it on CUDA).
       jacobian_diagonal: optional ``jacobian_diagonal(h, x, params)`` returning only the
         diagonal of ∂step/∂h, shaped like ``h``; ``"quasi"`` iterates with it instead of
         extracting the diagonal from the full Jacobian (O(D) instead of O(D²) per step for

@@ -10,6 +10,8 @@ backward pass. Three algorithms compute the same thing:
   then fix up each chunk with its incoming state. O(T) work, O(L + log(T/L)) depth.
 - ``"sequential"``: :func:`jax.lax.scan` over time; the reference, and often the fastest
   on a CPU with few cores.
+- ``"fused"``: a Pallas kernel (:mod:`pararnn.kernels.linear_kernel`; diagonal and block):
+  the chunked algorithm in registers, Triton on CUDA, interpret mode elsewhere.
 
 ``"auto"`` picks one for the backend (see :func:`default_algorithm`).
 

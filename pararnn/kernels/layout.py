@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from ..structure import BLOCK, DIAGONAL, Structure
-from .lanes import FusedStepError, LaneValue, concrete, evaluate, is_concrete
+from .lanes import CALLS, ELEMENTWISE, FusedStepError, LaneValue, concrete, evaluate, is_concrete
 
 __all__ = ["StepPlan", "FusedStepError", "MAX_SHARED_ELEMENTS", "MAX_STEP_TILES"]
 
@@ -325,14 +325,13 @@ def _used_invars(jaxpr) -> set[int]:
 
 
 def _count_ops(jaxpr, channels: int) -> int:
-    from .lanes import _ELEMENTWISE, _CALLS
     n = 0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name in _CALLS:
-            inner = eqn.params[_CALLS[name]]
+        if name in CALLS:
+            inner = eqn.params[CALLS[name]]
             n += _count_ops(getattr(inner, "jaxpr", inner), channels)
-        elif name in _ELEMENTWISE and name not in ("convert_element_type", "copy", "copy_p"):
+        elif name in ELEMENTWISE and name not in ("convert_element_type", "copy", "copy_p"):
             shape = eqn.outvars[0].aval.shape
             n += max(1, math.prod(shape) // channels) if shape and shape[-1] == channels else 1
     return n

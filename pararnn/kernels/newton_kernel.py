@@ -39,7 +39,7 @@ from jax.experimental import pallas as pl
 
 from ..newton_loop import (Progress, _DAMP_FACTOR, _MIN_ATTENUATION, _REJECT_GROWTH,
                            _STALL_FACTOR, _UNDAMP_FACTOR)
-from ..structure import BLOCK, DIAGONAL, Structure
+from ..structure import BLOCK, Structure
 from .dispatch import KernelOptions, pallas_on_every_platform
 from .lanes import LaneValue, concrete, is_concrete
 from .layout import StepPlan

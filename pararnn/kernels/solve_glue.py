@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from ..newton_loop import Progress
 from ..structure import BLOCK, DIAGONAL, Structure
