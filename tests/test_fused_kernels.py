@@ -171,7 +171,8 @@ def _triton_calls(fn, *args) -> int:
     return len(re.findall(r"custom_call @" + re.escape(TRITON_CUSTOM_CALL), text))
 
 
-@pytest.mark.parametrize("name,dtype", [("paragru", jnp.float32), ("paralstm", jnp.bfloat16)])
+@pytest.mark.parametrize("name,dtype", [("paragru", jnp.float32), ("paralstm", jnp.bfloat16),
+                                        ("user", jnp.float32)])
 def test_fused_solve_and_its_gradient_lower_to_the_triton_kernel(name, dtype):
     """Lowering runs the whole Pallas → Triton IR translation of the kernels (forward and
     adjoint), so an operation the Triton backend cannot lower fails here."""

@@ -88,7 +88,7 @@ def fused_adjoint(step, h0: jax.Array, hs: jax.Array, xs: Any, params: Any, g_hs
     in_specs += [channel_spec(plan.state_shape, bd, t)] * 2
     out_spec = channel_spec(plan.state_shape, bd, t)
     run = pallas_on_every_platform(
-        kernel, grid=(geom.programs,), in_specs=in_specs, out_specs=out_spec,
+        lambda gpu: kernel, grid=(geom.programs,), in_specs=in_specs, out_specs=out_spec,
         out_shape=jax.ShapeDtypeStruct((t,) + plan.state_shape, ad),
         name="pararnn_fused_adjoint", options=options)
     return run(jnp.asarray(h0, plan.state_dtype), *statics, *x_arrays,

@@ -39,16 +39,18 @@ class KernelOptions:
     num_stages: int = 2
 
 
-def pallas_on_every_platform(kernel: Callable, *, grid: tuple[int, ...], in_specs: Sequence,
-                             out_specs: Any, out_shape: Any, name: str,
+def pallas_on_every_platform(make_kernel: Callable[[bool], Callable], *, grid: tuple[int, ...],
+                             in_specs: Sequence, out_specs: Any, out_shape: Any, name: str,
                              options: KernelOptions = KernelOptions()) -> Callable:
-    """``f(*inputs) -> outputs``: the Pallas ``kernel`` compiled by Triton on CUDA, run in
-    interpret mode on every other platform."""
+    """``f(*inputs) -> outputs``: the Pallas kernel ``make_kernel(True)`` compiled by Triton on
+    CUDA, ``make_kernel(False)`` run in interpret mode on every other platform (the flag lets
+    a kernel add GPU-only operations such as barriers)."""
 
     def build(interpret: bool) -> Callable:
         params = None if interpret else plgpu.CompilerParams(
             num_warps=options.num_warps, num_stages=options.num_stages)
-        return pl.pallas_call(kernel, grid=grid, in_specs=list(in_specs), out_specs=out_specs,
+        return pl.pallas_call(make_kernel(not interpret), grid=grid, in_specs=list(in_specs),
+                              out_specs=out_specs,
                               out_shape=out_shape, interpret=interpret, compiler_params=params,
                               name=name)
 

@@ -130,7 +130,7 @@ def _fused(a, b, h0, *, structure, reverse, out_dtype, lanes, chunks, options):
     else:
         a_spec = channel_spec(state, bd, t)
     run = pallas_on_every_platform(
-        kernel, grid=(geom.programs,),
+        lambda gpu: kernel, grid=(geom.programs,),
         in_specs=[a_spec, channel_spec(state, bd, t), channel_spec(state, bd)],
         out_specs=channel_spec(state, bd, t),
         out_shape=jax.ShapeDtypeStruct((t,) + state, out_dtype),

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
 from ..newton_loop import (Progress, _DAMP_FACTOR, _MIN_ATTENUATION, _REJECT_GROWTH,
                            _STALL_FACTOR, _UNDAMP_FACTOR)
@@ -129,7 +130,7 @@ class _Program:
         return tuple(self.ld.load_step(ref, self.lead, True, tc))
 
 
-def _newton_kernel(prog: _Program, n_static: int, n_x: int, has_init: bool):
+def _newton_kernel(prog: _Program, n_static: int, n_x: int, has_init: bool, gpu: bool):
     g, s = prog.g, prog.s
     adaptive = s.damping == "auto"
     c0 = 1.0 if adaptive else 1.0 / (1.0 + float(s.damping))
@@ -147,6 +148,13 @@ def _newton_kernel(prog: _Program, n_static: int, n_x: int, has_init: bool):
         rows, shape = ld.rows, ld.shape
         h0_row = tuple(jnp.broadcast_to(t[None, :], (1, g.lanes)) for t in prog.h0)
         zero_j = alg.identity(shape, ad)
+
+        def sync():
+            # A sweep reads what an earlier sweep wrote, possibly from other threads of the
+            # program (if Triton lays the tiles out differently): make it visible. (GPU only:
+            # interpret mode runs a program's operations in order anyway.)
+            if gpu:
+                plgpu.debug_barrier()
 
         def masked(valid, vals):
             return tuple(jnp.where(valid, v, jnp.zeros_like(v)) for v in vals)
@@ -185,7 +193,9 @@ def _newton_kernel(prog: _Program, n_static: int, n_x: int, has_init: bool):
 
             init = (hprev, tuple(jnp.zeros(shape, ad) for _ in range(alg.n)), zero_j,
                     Stats.empty(shape, ad))
-            return lax.fori_loop(0, L, body, init)
+            out = lax.fori_loop(0, L, body, init)
+            sync()
+            return out
 
         # ---- one Newton step: apply the correction, linearise the candidate --------------
         def fused_sweep(src, dst, c_old, c_new, hend, pr, e):
@@ -217,6 +227,7 @@ def _newton_kernel(prog: _Program, n_static: int, n_x: int, has_init: bool):
             init = (hin_old, hin_new, d_in, tuple(jnp.zeros(shape, ad) for _ in range(alg.n)),
                     zero_j, Stats.empty(shape, ad))
             _, hend2, _, e2, pr2, st2 = lax.fori_loop(0, L, body, init)
+            sync()
             return hend2, pr2, e2, st2
 
         # ---- re-summarise the kept iterate after a rejected step -------------------------
@@ -357,10 +368,10 @@ def fused_newton(step, h0: jax.Array, xs: Any, params: Any, consts: Sequence = (
     hs_shape = jax.ShapeDtypeStruct((t,) + plan.state_shape, plan.state_dtype)
     out_shape = [hs_shape, hs_shape,
                  jax.ShapeDtypeStruct((geom.programs, _INFO_LEN), prog.ad)]
-    kernel = _newton_kernel(prog, len(statics), len(x_arrays), init is not None)
-    run = pallas_on_every_platform(kernel, grid=(geom.programs,), in_specs=in_specs,
-                                   out_specs=out_specs, out_shape=out_shape,
-                                   name="pararnn_fused_newton", options=options)
+    run = pallas_on_every_platform(
+        lambda gpu: _newton_kernel(prog, len(statics), len(x_arrays), init is not None, gpu),
+        grid=(geom.programs,), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+        name="pararnn_fused_newton", options=options)
     hs, _, info = run(*inputs)
     res = jnp.max(info[:, 1])
     hmax = jnp.max(info[:, 2])
