@@ -37,7 +37,7 @@ ALGORITHMS = ("auto", "tree", "chunked", "sequential", "fused")
 
 
 def default_algorithm(structure: str | Structure = "diagonal", backend: str | None = None,
-                      channels: int | None = None) -> str:
+                      state_shape: tuple[int, ...] | None = None) -> str:
     """The algorithm ``"auto"`` resolves to for ``structure`` on ``backend`` (default: JAX's
     default backend).
 
@@ -47,13 +47,14 @@ def default_algorithm(structure: str | Structure = "diagonal", backend: str | No
     ``"sequential"`` scan is faster than both on a 2-core CPU, which is why
     ``solve(method="auto")`` picks the sequential solve there altogether.
     CUDA GPUs: ``"fused"`` (the Pallas kernel of :mod:`pararnn.kernels`) for diagonal and
-    block structures whose channel count D (``channels``) is a multiple of 8 — predicted
+    block structures whose channel count D (the last axis of ``state_shape``) is a multiple
+    of 8 and whose state fits the kernel's registers — predicted
     faster by benchmarks/roofline.py, not yet measured on a GPU. Other accelerators, dense
     structures: ``"tree"``, whose O(log T) depth has no per-step loop.
     """
     from .kernels.solve_glue import prefers_fused  # late import: kernels import this module
 
-    if prefers_fused(get_structure(structure), channels, backend):
+    if prefers_fused(get_structure(structure), state_shape, backend):
         return "fused"
     backend = backend or jax.default_backend()
     if backend == "cpu" and get_structure(structure) is DIAGONAL:
@@ -121,7 +122,7 @@ def linear_recurrence(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
 
     if algorithm == "auto":
-        algorithm = default_algorithm(st, channels=h0.shape[-1] if h0.ndim else None)
+        algorithm = default_algorithm(st, state_shape=tuple(h0.shape))
     if algorithm == "fused":  # the Pallas kernel (pararnn.kernels; imported late: no cycle)
         from .kernels.linear_kernel import fused_linear_recurrence
         return fused_linear_recurrence(a, b, h0, structure=st, reverse=reverse,

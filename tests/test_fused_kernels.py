@@ -160,6 +160,9 @@ def test_layout_errors_name_the_leaf_and_the_shapes():
     with pytest.raises(FusedStepError, match="at least one \\(channel\\) axis"):
         pararnn.solve(lambda h, x, p: jnp.tanh(h + x), jnp.zeros((), jnp.float32),
                       jnp.ones((5,), jnp.float32), None, algorithm="fused")
+    with pytest.raises(FusedStepError, match=r"state of shape \[20, 8\] does not fit"):
+        pararnn.solve(lambda h, x, p: jnp.tanh(h + x), jnp.zeros((20, 8), jnp.float32),
+                      jnp.ones((5, 20, 8), jnp.float32), None, algorithm="fused")
     with pytest.raises(FusedStepError, match="register tiles per time step"):
         pararnn.solve(lambda h, x, p: jnp.tanh(h + x.sum(0)), h0, jnp.ones((5, 40, 8), jnp.float32),
                       None, algorithm="fused")
@@ -202,13 +205,15 @@ def test_fused_linear_recurrence_lowers_to_the_triton_kernel():
 
 # ---- automatic choice -------------------------------------------------------------------------
 def test_auto_picks_the_fused_path_only_on_cuda_for_fusable_steps(monkeypatch):
-    assert solve_glue.prefers_fused(DIAGONAL, 64, backend="cuda")
-    assert solve_glue.prefers_fused(BLOCK, 64, backend="cuda")
-    assert not solve_glue.prefers_fused(DIAGONAL, 64, backend="cpu")
-    assert not solve_glue.prefers_fused(DIAGONAL, 7, backend="cuda")  # would run 1-lane tiles
-    assert default_algorithm("diagonal", backend="cuda", channels=64) == "fused"
-    assert default_algorithm("dense", backend="cuda", channels=64) == "tree"
-    assert default_algorithm("diagonal", backend="cpu", channels=64) == "chunked"
+    assert solve_glue.prefers_fused(DIAGONAL, (64,), backend="cuda")
+    assert solve_glue.prefers_fused(BLOCK, (2, 64), backend="cuda")
+    assert not solve_glue.prefers_fused(DIAGONAL, (64,), backend="cpu")
+    assert not solve_glue.prefers_fused(DIAGONAL, (7,), backend="cuda")  # 1-lane tiles
+    assert not solve_glue.prefers_fused(DIAGONAL, (32, 64), backend="cuda")  # 32 tiles a state
+    assert not solve_glue.prefers_fused(BLOCK, (8, 64), backend="cuda")  # 64-tile Jacobians
+    assert default_algorithm("diagonal", backend="cuda", state_shape=(64,)) == "fused"
+    assert default_algorithm("dense", backend="cuda", state_shape=(64,)) == "tree"
+    assert default_algorithm("diagonal", backend="cpu", state_shape=(64,)) == "chunked"
 
     h0, xs = jnp.zeros(8, jnp.float32), jnp.ones((5, 8), jnp.float32)
     fusable = lambda h, x, p: jnp.tanh(0.5 * h + x)

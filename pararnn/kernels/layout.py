@@ -29,13 +29,24 @@ import jax.numpy as jnp
 from ..structure import BLOCK, DIAGONAL, Structure
 from .lanes import CALLS, ELEMENTWISE, FusedStepError, LaneValue, concrete, evaluate, is_concrete
 
-__all__ = ["StepPlan", "FusedStepError", "MAX_SHARED_ELEMENTS", "MAX_STEP_TILES"]
+__all__ = ["StepPlan", "FusedStepError", "MAX_SHARED_ELEMENTS", "MAX_STEP_TILES",
+           "fits_registers"]
 
 # A shared (channel-free) leaf is loaded element by element: keep them few.
 MAX_SHARED_ELEMENTS = 256
 # Tiles loaded per time step (sum over xs leaves of their leading sizes): each is a register
 # tile of the kernel, live across the step's evaluation.
 MAX_STEP_TILES = 32
+# Tiles of one state (its leading size; K for K×K blocks, whose Jacobians take K² tiles).
+MAX_STATE_TILES = 16
+MAX_BLOCK = 4
+
+
+def fits_registers(structure: Structure, state_shape: tuple[int, ...]) -> bool:
+    """Whether a state of this shape fits the fused kernels' register budget."""
+    if structure is BLOCK:
+        return len(state_shape) == 2 and state_shape[0] <= MAX_BLOCK
+    return math.prod(state_shape[:-1]) <= MAX_STATE_TILES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +106,12 @@ class StepPlan:
             raise FusedStepError(
                 "algorithm='fused' needs a state h0 with at least one (channel) axis, got a "
                 "scalar; reshape it to (1,).")
+        if not fits_registers(structure, h_shape):
+            limit = (f"K <= {MAX_BLOCK} for K×K blocks" if structure is BLOCK else
+                     f"at most {MAX_STATE_TILES} elements per channel")
+            raise FusedStepError(
+                f"algorithm='fused': a state of shape {list(h_shape)} does not fit the kernel's "
+                f"registers ({limit}); use algorithm='tree' or 'chunked'.")
         self.structure = structure
         self.quasi = quasi
         self.state_shape = h_shape

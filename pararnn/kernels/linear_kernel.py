@@ -15,6 +15,7 @@ from jax.experimental import pallas as pl
 
 from ..structure import BLOCK, DIAGONAL, Structure
 from .dispatch import KernelOptions, pallas_on_every_platform
+from .layout import fits_registers
 from .tiles import Algebra, Loader, channel_spec, choose_geometry, chunked_scan
 
 __all__ = ["fused_linear_recurrence"]
@@ -86,6 +87,9 @@ def _fused(a, b, h0, *, structure, reverse, out_dtype, lanes, chunks, options):
     if h0.ndim == 0:
         raise ValueError("algorithm='fused' needs h0 with at least one (channel) axis, got a "
                          "scalar; reshape it to (1,).")
+    if not fits_registers(structure, tuple(h0.shape)):
+        raise ValueError(f"algorithm='fused': a state of shape {list(h0.shape)} does not fit the "
+                         f"kernel's registers; use algorithm='tree' or 'chunked'.")
     t = b.shape[0]
     state = tuple(h0.shape)
     cdt = jnp.dtype(jnp.float64) if out_dtype == jnp.float64 else jnp.dtype(jnp.float32)

@@ -15,7 +15,7 @@ from ..structure import BLOCK, DIAGONAL, Structure
 from .adjoint_kernel import fused_adjoint
 from .dispatch import is_cuda_backend
 from .lanes import FusedStepError
-from .layout import StepPlan
+from .layout import StepPlan, fits_registers
 from .newton_kernel import NewtonSettings, fused_newton
 
 __all__ = ["resolve_solve_algorithm", "fused_forward", "fused_backward", "FUSED_STRUCTURES",
@@ -27,13 +27,19 @@ FUSED_STRUCTURES = (DIAGONAL, BLOCK)
 _AUTO_MIN_LANES = 8
 
 
-def prefers_fused(structure: Structure, channels: int | None = None,
+def prefers_fused(structure: Structure, state_shape: tuple[int, ...] | None = None,
                   backend: str | None = None) -> bool:
     """Whether ``algorithm="auto"`` picks the fused kernels: on CUDA GPUs, for diagonal and
-    block structures whose channel count has a power-of-two factor of at least 8."""
+    block structures whose channel count (the state's last axis) has a power-of-two factor
+    of at least 8 and whose state fits the kernels' registers (``state_shape`` None: the
+    structure alone decides)."""
     if structure not in FUSED_STRUCTURES or not is_cuda_backend(backend):
         return False
-    return channels is None or channels % _AUTO_MIN_LANES == 0
+    if state_shape is None:
+        return True
+    if not state_shape or state_shape[-1] % _AUTO_MIN_LANES:
+        return False
+    return fits_registers(structure, state_shape)
 
 
 def resolve_solve_algorithm(algorithm: str, structure: Structure, step: Callable, h0, xs,
@@ -44,7 +50,7 @@ def resolve_solve_algorithm(algorithm: str, structure: Structure, step: Callable
     if algorithm == "fused":
         StepPlan(step, h0, xs, params, structure=structure, quasi=method == "quasi")
         return algorithm
-    if algorithm == "auto" and prefers_fused(structure, h0.shape[-1] if h0.ndim else None):
+    if algorithm == "auto" and prefers_fused(structure, tuple(h0.shape)):
         try:
             StepPlan(step, h0, xs, params, structure=structure, quasi=method == "quasi")
         except FusedStepError:
