@@ -28,6 +28,7 @@ from .adjoint import BACKWARDS
 from .auto import choose_backward, choose_method
 from .control import match_varying
 from .jacobians import JacobianSpec, vmap_over_time
+from .kernels.solve_glue import resolve_solve_algorithm
 from .newton_loop import default_max_iters, default_patience
 from .scan import ALGORITHMS, check_seq_axis
 from .sequential import prev_states, sequential_solve
@@ -106,7 +107,10 @@ def solve(
         also under ``vmap``.
       return_info: also return a :class:`SolveInfo`.
       algorithm: the linear-recurrence algorithm (``"auto"``, ``"tree"``, ``"chunked"``,
-        ``"sequential"``), see :mod:`pararnn.scan`.
+        ``"sequential"``), see :mod:`pararnn.scan`; or ``"fused"``: the whole Newton solve
+        and the adjoint in Pallas kernels (:mod:`pararnn.kernels`; diagonal and block
+        steps that are elementwise over the channel axis; not with ``seq_axis``).
+        ``"auto"`` picks ``"fused"`` on CUDA GPUs for such steps, the XLA scans elsewhere.
       jacobian_diagonal: optional ``jacobian_diagonal(h, x, params)`` returning only the
         diagonal of ∂step/∂h, shaped like ``h``; ``"quasi"`` iterates with it instead of
         extracting the diagonal from the full Jacobian (O(D) instead of O(D²) per step for
@@ -164,13 +168,19 @@ def solve(
     if tol is None:
         tol = default_tol(h0.dtype)
     seq = None if seq_axis is None else check_seq_axis(seq_axis)
+    if seq is not None and algorithm == "fused":
+        raise ValueError(
+            f"algorithm='fused' does not support seq_axis={seq_axis!r} (the kernel solves a "
+            f"whole sequence on one device); use 'auto', 'tree', 'chunked' or 'sequential'.")
+    if seq is None:  # under seq_axis "auto" keeps the XLA scans (see pararnn.scan)
+        algorithm = resolve_solve_algorithm(algorithm, structure, step, h0, xs, params, method)
     length = t if seq is None else t * seq.size()  # the whole sequence's T
     if method == "auto":
         if seq is None:
             method = choose_method(structure, t, h0.shape, dtype=h0.dtype)
         else:
             method = "quasi" if structure is DENSE and h0.shape[0] > 16 else "newton"
-    elif method != "sequential":
+    elif method != "sequential" and algorithm != "fused":  # fused: no T-long Jacobians
         check_working_set(structure, method, t, h0, "forward")
     if seq is not None and backward not in ("auto", "parallel"):
         raise ValueError(

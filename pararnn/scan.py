@@ -10,6 +10,8 @@ backward pass. Three algorithms compute the same thing:
   then fix up each chunk with its incoming state. O(T) work, O(L + log(T/L)) depth.
 - ``"sequential"``: :func:`jax.lax.scan` over time; the reference, and often the fastest
   on a CPU with few cores.
+- ``"fused"``: a Pallas kernel (:mod:`pararnn.kernels.linear_kernel`; diagonal and block):
+  the chunked algorithm in registers, Triton on CUDA, interpret mode elsewhere.
 
 ``"auto"`` picks one for the backend (see :func:`default_algorithm`).
 
@@ -32,10 +34,11 @@ from .structure import DIAGONAL, Structure, get_structure
 
 __all__ = ["linear_recurrence", "ALGORITHMS", "default_algorithm"]
 
-ALGORITHMS = ("auto", "tree", "chunked", "sequential")
+ALGORITHMS = ("auto", "tree", "chunked", "sequential", "fused")
 
 
-def default_algorithm(structure: str | Structure = "diagonal", backend: str | None = None) -> str:
+def default_algorithm(structure: str | Structure = "diagonal", backend: str | None = None,
+                      state_shape: tuple[int, ...] | None = None) -> str:
     """The algorithm ``"auto"`` resolves to for ``structure`` on ``backend`` (default: JAX's
     default backend).
 
@@ -44,9 +47,16 @@ def default_algorithm(structure: str | Structure = "diagonal", backend: str | No
     sequences), ``"tree"`` for block and dense ones (fewer, larger combines). A plain
     ``"sequential"`` scan is faster than both on a 2-core CPU, which is why
     ``solve(method="auto")`` picks the sequential solve there altogether.
-    Accelerators: ``"tree"``, whose O(log T) depth has no per-step loop (not yet measured by
-    this project).
+    CUDA GPUs: ``"fused"`` (the Pallas kernel of :mod:`pararnn.kernels`) for diagonal and
+    block structures whose channel count D (the last axis of ``state_shape``) is a multiple
+    of 8 and whose state fits the kernel's registers — predicted
+    faster by benchmarks/roofline.py, not yet measured on a GPU. Other accelerators, dense
+    structures: ``"tree"``, whose O(log T) depth has no per-step loop.
     """
+    from .kernels.solve_glue import prefers_fused  # late import: kernels import this module
+
+    if prefers_fused(get_structure(structure), state_shape, backend):
+        return "fused"
     backend = backend or jax.default_backend()
     if backend == "cpu" and get_structure(structure) is DIAGONAL:
         return "chunked"
@@ -85,7 +95,8 @@ def linear_recurrence(
       structure: ``"diagonal"``, ``"block"`` or ``"dense"``.
       reverse: run backwards in time: ``h_t = A_t h_{t+1} + b_t`` for t = T−1 … 0 with
         ``h_T ≡ h0`` (the form of the adjoint recurrence).
-      algorithm: ``"auto"``, ``"tree"``, ``"chunked"`` or ``"sequential"`` (module docstring).
+      algorithm: ``"auto"``, ``"tree"``, ``"chunked"``, ``"sequential"`` or ``"fused"``
+        (module docstring; ``"fused"`` not with ``seq_axis``).
       chunk_size: chunk length for ``"chunked"`` (default: about √T, at least 8).
       seq_axis: inside :func:`jax.shard_map`, the mesh axis the time axis is split over:
         ``a`` and ``b`` are this device's shard (devices in axis-index order hold
@@ -118,10 +129,21 @@ def linear_recurrence(
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
 
-    if algorithm == "auto":
-        algorithm = default_algorithm(st)
     if seq_axis is None:
+        if algorithm == "auto":
+            algorithm = default_algorithm(st, state_shape=tuple(h0.shape))
+        if algorithm == "fused":  # the Pallas kernel (pararnn.kernels; imported late: no cycle)
+            from .kernels.linear_kernel import fused_linear_recurrence
+            return fused_linear_recurrence(a, b, h0, structure=st, reverse=reverse,
+                                           out_dtype=_promote(a.dtype, b.dtype, h0.dtype))
         return _linear_recurrence(a, b, h0, st, reverse, algorithm, chunk_size)
+    if algorithm == "fused":
+        raise ValueError("linear_recurrence: algorithm='fused' does not support seq_axis; use "
+                         "'auto', 'tree', 'chunked' or 'sequential' for the per-device solves.")
+    if algorithm == "auto":  # the XLA choice: the fused kernel is not split across devices
+        algorithm = default_algorithm(st)
+        if algorithm == "fused":
+            algorithm = "tree"
     seq = check_seq_axis(seq_axis)
     out_dtype = _promote(a.dtype, b.dtype, h0.dtype)
     cdt = _promote(out_dtype, jnp.float32)

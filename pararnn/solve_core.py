@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from .adjoint import parallel_adjoint, rebuild_jacobian, sequential_adjoint
 from .control import run_if, run_if_any
 from .jacobians import JacobianSpec, linearize, vmap_over_time
+from .kernels.solve_glue import fused_backward, fused_forward
 from .newton_loop import iterate, residual_stats, within_tol
 from .scan import linear_recurrence
 from .sequential import prev_states, sequential_fallback, sequential_solve
@@ -81,18 +82,24 @@ def _forward(cfg: SolveConfig, step_c, spec, h0, xs, params, consts, jconsts, in
         return linearize(step_c, spec, prev_states(h0, hs, seq), xs, params, consts, jconsts,
                          diagonal_only=quasi)
 
-    if init is None:
-        zeros = jnp.zeros((jax.tree_util.tree_leaves(xs)[0].shape[0],) + h0.shape, h0.dtype)
-        init = f_all(zeros, xs, params, *consts)
-    hs, jac, progress = iterate(
-        lin, init, h0, structure=iter_structure, algorithm=cfg.algorithm, tol=cfg.tol,
-        max_iters=cfg.max_iters, patience=cfg.patience, damping=cfg.damping, seq=seq)
+    if cfg.algorithm == "fused":  # the whole iteration in the Pallas kernel (never with seq)
+        hs, jac, progress = fused_forward(
+            step_c, h0, xs, params, consts, init, structure=st, method=cfg.method, tol=cfg.tol,
+            max_iters=cfg.max_iters, patience=cfg.patience, damping=cfg.damping)
+    else:
+        if init is None:
+            zeros = jnp.zeros((jax.tree_util.tree_leaves(xs)[0].shape[0],) + h0.shape, h0.dtype)
+            init = f_all(zeros, xs, params, *consts)
+        hs, jac, progress = iterate(
+            lin, init, h0, structure=iter_structure, algorithm=cfg.algorithm, tol=cfg.tol,
+            max_iters=cfg.max_iters, patience=cfg.patience, damping=cfg.damping, seq=seq)
     iters, res = progress.iterations, progress.residual
     converged = within_tol(res, hs, cfg.tol, seq)
 
     # The parallel adjoint reuses the Newton Jacobians at the solution when they are exact
     # (not quasi) and not dense (T·D² is better rebuilt in the backward than kept meanwhile).
-    keep = keep_jacobian and cfg.backward == "parallel" and not quasi and st is not DENSE
+    keep = (keep_jacobian and cfg.backward == "parallel" and not quasi and st is not DENSE
+            and jac is not None)  # the fused forward keeps none
     result = (hs, jac if keep else None, res)
     if cfg.fallback == "sequential":
 
@@ -152,6 +159,8 @@ def make_core(cfg: SolveConfig, step_c: Callable, spec: JacobianSpec):
         hprev = prev_states(h0, hs, seq)
         if cfg.backward == "sequential":
             lam = sequential_adjoint(step_c, hprev, xs, params, consts, g_hs)
+        elif cfg.algorithm == "fused":  # Jacobians built on the fly, never stored
+            lam = fused_backward(step_c, h0, hs, xs, params, consts, g_hs, structure=st)
         else:
             check_working_set(st, cfg.method, hs.shape[0], h0, "backward")
             if jac is None:  # not kept by the forward: rebuild the exact Jacobians
