@@ -74,7 +74,9 @@ def test_sequential_adjoint_never_forms_dense_jacobians():
     assert (t, d, d) not in sequential
 
 
-@pytest.mark.parametrize("layer_cls", [pnn.ParaGRU, pnn.GRU], ids=lambda c: c.__name__)
+# GRU (dense: the sequential adjoint is its default) in the default suite; ParaGRU (19 s) slow
+@pytest.mark.parametrize("layer_cls", [pytest.param(pnn.ParaGRU, marks=pytest.mark.slow), pnn.GRU],
+                         ids=lambda c: c.__name__)
 def test_layer_backward_choices_agree(layer_cls):
     """The layer's sequential forward with each backward (the adjoint ones project inside the
     scan and differentiate the projection in one batched VJP) matches autodiff."""

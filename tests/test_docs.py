@@ -43,6 +43,7 @@ def _readme_block(containing: str) -> str:
     return blocks[0]
 
 
+@pytest.mark.slow  # 50 s (a fresh interpreter with 8 devices, T = 10 000); test_seq_parallel.py checks the same API
 def test_readme_sequence_parallel_example_prints_what_it_claims():
     """Runs with 8 fake CPU devices (set by the example itself)."""
     out = _run(_readme_block("solve_sharded")).splitlines()

@@ -15,7 +15,8 @@ def standard_promotion():
         yield
 
 
-@pytest.mark.parametrize("cell", ["paragru", "paralstm", "gru", "lstm"])
+# paragru in the default suite; the other cells (same code path, ~10 s each) in the slow stage
+@pytest.mark.parametrize("cell", ["paragru"] + [pytest.param(c, marks=pytest.mark.slow) for c in ("paralstm", "gru", "lstm")])
 def test_step_by_step_decoding_equals_the_parallel_forward(cell):
     model = LanguageModel(vocab_size=40, d_model=16, n_layers=2, cell=cell, param_dtype=jnp.float64,
                           rngs=nnx.Rngs(0))
@@ -30,6 +31,7 @@ def test_step_by_step_decoding_equals_the_parallel_forward(cell):
     np.testing.assert_allclose(jnp.stack(stepped, 1), full, rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow  # 36 s; the mixers' prefill tests (test_mixers.py) cover the cache hand-over
 def test_prefill_then_continue_equals_one_call():
     model = LanguageModel(vocab_size=40, d_model=16, n_layers=2, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 30), 0, 40)
@@ -39,6 +41,7 @@ def test_prefill_then_continue_equals_one_call():
     np.testing.assert_allclose(rest, full[:, 17:], rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow  # 22 s; test_train and test_mixers check generation against the parallel forward
 def test_greedy_generation_follows_the_parallel_argmax():
     model = LanguageModel(vocab_size=40, d_model=16, n_layers=2, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
     prompt = jax.random.randint(jax.random.key(1), (2, 5), 0, 40)

@@ -39,7 +39,10 @@ def _assert_trees_close(got, want, tol):
 
 
 @pytest.mark.parametrize("method", ["newton", pytest.param("quasi", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("name", sorted(CELLS))
+# default suite: the diagonal cell (block and dense linear solves across devices are in
+# test_linear_recurrence_with_seq_axis); the block and dense Newton solves (~20 s each) in the slow stage
+@pytest.mark.parametrize("name", [n if n == "gru_diag" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(CELLS)])
 def test_sharded_solve_equals_the_loop_with_exact_gradients(seq8, name, method):
     cell = CELLS[name]
     p, xs, h0 = cell.params(), cell.inputs(T_ODD), cell.h0()
@@ -126,7 +129,10 @@ def test_fallback_returns_the_sequential_answer_on_every_device(seq8):
     np.testing.assert_array_equal(np.asarray(hs), np.asarray(single))  # bitwise
 
 
-@pytest.mark.parametrize("layer_cls", [pnn.ParaGRU, pytest.param(pnn.ParaLSTM, marks=pytest.mark.slow)],
+# slow (15 s and more): the default suite trains a sequence-parallel language model instead
+# (test_train_seq.py), whose recurrent layers run with seq_axis
+@pytest.mark.parametrize("layer_cls", [pytest.param(pnn.ParaGRU, marks=pytest.mark.slow),
+                                       pytest.param(pnn.ParaLSTM, marks=pytest.mark.slow)],
                          ids=lambda c: c.__name__)
 def test_layer_with_seq_axis(data2_seq4, layer_cls):
     """A layer inside shard_map over (data, seq): outputs, the final state (of the whole

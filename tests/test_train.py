@@ -155,6 +155,7 @@ def test_two_processes_on_localhost(reference, tmp_path):
     np.testing.assert_allclose([got[s] for s in sorted(got)], [reference[s] for s in sorted(reference)], rtol=1e-5)
 
 
+@pytest.mark.slow  # 25 s; decoding = parallel forward is also tested in test_models/test_mixers
 def test_generate_from_a_trained_workdir_matches_the_parallel_forward(reference, tmp_path, capsys):
     """load_trained restores the final parameters; the CLI's greedy continuation is, token by
     token, the argmax of the parallel forward over what precedes it."""
