@@ -10,10 +10,11 @@ adjoint as its backward, and vice versa.
 - CPU (2 cores measured): the sequential scan is the faster forward except for a single
   wide diagonal sequence (ParaGRU, batch 1, hidden ≥ 256), where Newton's vectorised
   iterations win. For training, the adjoint beats backpropagation through the scan on every
-  measured shape: the parallel adjoint for diagonal and block Jacobians (one JVP and one
-  linear scan), the sequential adjoint (a reverse scan of state-VJPs, no Jacobians) for
-  dense ones — never the parallel dense adjoint, whose T·D² Jacobians made the old default
-  38× slower than the scan.
+  measured diagonal and block shape (one JVP and one linear scan); for dense Jacobians
+  backpropagation through the scan for narrow states and small batches, the sequential
+  adjoint (a reverse scan of state-VJPs, no Jacobians) for one wide sequence or a wide
+  batch — never the parallel dense adjoint, whose T·D² Jacobians made the old default 38×
+  slower than the scan.
 - GPU/TPU: not yet measured by this project (no accelerator was lent to any session). Until
   it is, auto follows the published measurements of ParaRNN and DEER: Newton for diagonal and
   block states once the sequence is long enough to amortise the iterations; dense Jacobians
@@ -39,6 +40,11 @@ _ACCEL_DENSE_QUASI_MAX_D = 256
 # CPU: Newton's forward beats the scan for one diagonal sequence at least this wide
 # (benchmarks/RESULTS.md, "Defaults": 2.4–2.5× at hidden 256, batch 1).
 _CPU_DIAGONAL_NEWTON_MIN_D = 256
+# CPU, dense, sequential forward: the sequential adjoint beats backpropagation through the
+# scan for one sequence at least this wide, or at least this many state values per step
+# (see _cpu_dense_prefers_autodiff).
+_CPU_DENSE_ADJOINT_MIN_D = 256
+_CPU_DENSE_ADJOINT_MIN_WORK = 4096
 
 
 def _width(state_shape: tuple[int, ...]) -> int:
@@ -87,6 +93,17 @@ def choose_method(
     return method
 
 
+def _cpu_dense_prefers_autodiff(width: int, batch: int) -> bool:
+    """CPU, dense Jacobian, sequential forward: backpropagation through the scan (it keeps the
+    forward's per-step residuals, O(T·B·D)) beats the sequential adjoint (which recomputes
+    each step's VJP) except for one wide sequence or a wide batch, where the adjoint's
+    larger batched VJPs win. Measured (benchmarks/RESULTS.md "Defaults", modes.py): GRU D 64
+    autodiff 0.5–0.7× the adjoint's time, D 256 batch 8 0.4–0.7×, D 256 batch 1 1.0–1.4×;
+    LSTM state 128 0.4–0.9×, state 512 batch 1 1.33×, batch 8 0.9–1.4×."""
+    return not ((batch == 1 and width >= _CPU_DENSE_ADJOINT_MIN_D)
+                or width * batch >= _CPU_DENSE_ADJOINT_MIN_WORK)
+
+
 def choose_backward(
     structure: Structure,
     method: str,
@@ -98,7 +115,8 @@ def choose_backward(
     dtype=None,
 ) -> str:
     """The backward ``"auto"`` resolves to: ``"parallel"`` or ``"sequential"`` (the adjoint
-    solved by a parallel scan, or by a reverse scan of VJPs without Jacobians).
+    solved by a parallel scan, or by a reverse scan of VJPs without Jacobians), or
+    ``"autodiff"`` (backpropagation through the scan; only after a sequential forward).
 
     Args:
       structure, length, state_shape, backend, batch, dtype: as in :func:`choose_method`.
@@ -109,6 +127,8 @@ def choose_backward(
     if structure is DENSE:
         small = backend != "cpu" and width <= _ACCEL_DENSE_NEWTON_MAX_D
         backward = "parallel" if small else "sequential"
+        if backend == "cpu" and method == "sequential" and _cpu_dense_prefers_autodiff(width, batch):
+            backward = "autodiff"
     else:
         backward = "parallel"
     if backward == "parallel":

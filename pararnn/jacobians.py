@@ -98,22 +98,29 @@ def linearize(
 
 def _step_and_jacobian(step: StepFn, st: Structure, diagonal_only: bool) -> StepFn:
     """One step's output and its block or dense Jacobian, by forward mode on that step alone
-    (K or D JVPs of one step), to be vmapped over time. Measured 2–9× faster on CPU than
-    linearising the whole vmapped sequence and pushing K or D sequence-long tangents through
-    it, which ends in a (K, T, …) → (T, …, K) transpose of the largest array of the solve
-    (benchmarks/RESULTS.md, "Jacobians")."""
+    (K or D JVPs of one step, the tangents batched: ``jax.jacfwd``'s route, with the step's
+    output taken from the same pass), to be vmapped over time. Measured 2–9× faster on CPU
+    than linearising the whole vmapped sequence and pushing K or D sequence-long tangents
+    through it, which ends in a (K, T, …) → (T, …, K) transpose of the largest array of the
+    solve (benchmarks/RESULTS.md, "Dense Jacobian routes"); and, unlike ``jax.linearize``
+    followed by a vmapped push, never slower than ``vmap(jacfwd(step))``."""
 
     def one(h, x, params, *consts):
-        y, push = jax.linearize(lambda h: step(h, x, params, *consts), h)
+        def f(h):
+            return step(h, x, params, *consts)
+
+        def along(tangent):
+            return jax.jvp(f, (h,), (tangent,))
+
         if st is DENSE:
-            # column j of J is push(e_j): vmap over the basis with out_axes=1 lays J out
-            # (D_row, D_col) directly
-            jac = jax.vmap(push, out_axes=1)(match_varying(jnp.eye(h.shape[0], dtype=h.dtype), h))
+            # column j of J is the JVP along e_j: out_axes=1 lays J out (D_row, D_col) directly
+            basis = match_varying(jnp.eye(h.shape[0], dtype=h.dtype), h)
+            y, jac = jax.vmap(along, out_axes=(None, 1))(basis)
             return y, (jnp.diagonal(jac) if diagonal_only else jac)
         k, n = h.shape
         # tangent k' sets entry k' of every channel's K-block: cols[k', i, n] = J_n[i, k']
         basis = jnp.broadcast_to(jnp.eye(k, dtype=h.dtype)[:, :, None], (k, k, n))
-        cols = jax.vmap(push)(match_varying(basis, h))
+        y, cols = jax.vmap(along, out_axes=(None, 0))(match_varying(basis, h))
         if diagonal_only:
             return y, jnp.stack([cols[j, j] for j in range(k)])  # (K, N), like the state
         return y, jnp.transpose(cols, (2, 1, 0))  # (N, K_row, K_col)

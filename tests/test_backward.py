@@ -136,3 +136,28 @@ def test_memory_guard_picks_a_path_that_fits_or_names_the_sizes(monkeypatch):
                                                  method="sequential", backward="parallel")))(p)
     hs = pararnn.solve(cell.jax_step, h0, short, p, jacobian="dense", method="auto")
     assert hs.shape == (2000,) + h0.shape
+
+
+def test_cpu_dense_backward_follows_the_measured_crossover():
+    """CPU, dense cells, sequential forward (benchmarks/RESULTS.md "Defaults"): narrow states
+    and small batches backpropagate through the scan (GRU hidden 64, batch 8: 0.5× the
+    sequential adjoint's time); one wide sequence or a wide batch solve the adjoint by a
+    reverse scan of VJPs (LSTM hidden 256, batch 8: state 512 × 8)."""
+    gru = pnn.GRU(8, 64, rngs=nnx.Rngs(0))
+    assert gru.paths(8, 2048, backend="cpu") == ("sequential", "autodiff")
+    wide = pnn.GRU(8, 256, rngs=nnx.Rngs(0))
+    assert wide.paths(1, 256, backend="cpu") == ("sequential", "sequential")
+    assert wide.paths(8, 256, backend="cpu") == ("sequential", "autodiff")
+    lstm = pnn.LSTM(8, 256, rngs=nnx.Rngs(0))
+    assert lstm.paths(8, 2048, backend="cpu") == ("sequential", "sequential")
+    # a parallel forward never gets "autodiff" (it has no scan to backpropagate through)
+    assert gru.paths(8, 2048, mode="parallel", backend="cpu")[1] == "sequential"
+    # the solve API resolves the same way, and its gradient is the scan's
+    cell = CELLS["gru_dense"]
+    p, h0, xs = cell.params(), cell.h0(), cell.inputs(64)
+    auto = jax.grad(lambda p: jnp.sum(pararnn.solve(cell.jax_step, h0, xs, p, jacobian="dense",
+                                                    method="sequential") ** 2))(p)
+    scan = jax.grad(lambda p: jnp.sum(pararnn.solve(cell.jax_step, h0, xs, p, jacobian="dense",
+                                                    method="sequential", backward="autodiff") ** 2))(p)
+    for a, b in zip(jax.tree_util.tree_leaves(auto), jax.tree_util.tree_leaves(scan)):
+        np.testing.assert_array_equal(a, b)  # the same computation (float64 here)
