@@ -30,6 +30,21 @@ def time_fn(fn: Callable, *args, repeats: int = 5, min_seconds: float = 0.0) -> 
             "compile_s": compile_s}
 
 
+def time_interleaved(fns: dict, args: dict, repeats: int = 5) -> dict:
+    """Median seconds per call of each ``fns[name](*args[name])``: all compiled first, then
+    the timed calls interleaved round-robin, so a machine whose load changes during the run
+    slows every variant alike (sequential timing lets one variant catch a quiet minute)."""
+    for name, fn in fns.items():
+        jax.block_until_ready(fn(*args[name]))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args[name]))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def environment() -> dict:
     dev = jax.devices()[0]
     return {

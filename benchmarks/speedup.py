@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import pararnn.nn as pnn
-from common import environment, markdown_table, time_fn, write_json
+from common import environment, markdown_table, time_interleaved, write_json
 
 LAYERS = {"ParaGRU": (pnn.ParaGRU, "GRUCell"), "ParaLSTM": (pnn.ParaLSTM, "OptimizedLSTMCell"),
           "GRU": (pnn.GRU, "GRUCell"), "LSTM": (pnn.LSTM, "OptimizedLSTMCell"),
@@ -89,12 +89,12 @@ def run_config(name, hidden, batch, length, modes, repeats, method):
     info = intermediates["solver_info"][0]
     rows = []
     for mode in modes:
-        times, peaks = {}, {}
-        for which, fn in fns.items():
-            f = fn if mode == "fwd" else fwdbwd(fn)
-            args = (fstate if which == "flax" else state, x)
-            times[which] = time_fn(jax.jit(f), *args, repeats=repeats)["median_s"]
-            peaks[which] = peak_mb(f, *args)
+        jitted = {which: jax.jit(fn if mode == "fwd" else fwdbwd(fn)) for which, fn in fns.items()}
+        args = {which: (fstate if which == "flax" else state, x) for which in fns}
+        # interleaved: "default" is often the same program as one of the fixed modes, and
+        # timing them minutes apart on a shared machine would report noise as a ratio
+        times = time_interleaved(jitted, args, repeats=repeats)
+        peaks = {which: peak_mb(fn if mode == "fwd" else fwdbwd(fn), *args[which]) for which, fn in fns.items()}
         rows.append({
             "layer": name, "hidden": hidden, "batch": batch, "T": length, "mode": mode,
             "parallel_ms": times["parallel"] * 1e3, "sequential_ms": times["sequential"] * 1e3,
