@@ -85,7 +85,7 @@ def run_config(name, hidden, batch, length, modes, repeats, method):
     y_seq = jax.jit(fns["sequential"])(state, x)
     recording = nnx.merge(graph, state, rest)
     recording.sow_info = True
-    _, intermediates = nnx.capture(recording, nnx.Intermediate)(x)
+    _, intermediates = nnx.capture(recording, nnx.Intermediate)(x, mode="parallel")  # the parallel solve's iterations
     info = intermediates["solver_info"][0]
     rows = []
     for mode in modes:
@@ -182,9 +182,12 @@ def main(argv=None) -> int:
                                                      args.dense_method)
                     write_json(out, payload)
                     print(f"  done {name} hidden={hidden} batch={batch} T={length}", file=sys.stderr, flush=True)
-    print(f"# pararnn layers — {env['date']}, JAX {env['jax']}, {env['backend']} ({env['device']}), "
-          f"{env['cpu_count']} CPU cores, float32; dense layers use method={args.dense_method!r}\n")
-    print(markdown_table(payload["results"], COLUMNS))
+    text = (f"# pararnn layers — {env['date']}, JAX {env['jax']}, {env['backend']} ({env['device']}), "
+            f"{env['cpu_count']} CPU cores, float32; dense layers use method={args.dense_method!r}\n\n"
+            + markdown_table(payload["results"], COLUMNS))
+    print(text)
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+        f.write(text + "\n")
     if payload["skipped"]:
         print(f"\nSkipped {len(payload['skipped'])} configurations over --max-gb {args.max_gb}.")
     if payload["partial"]:
