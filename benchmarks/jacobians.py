@@ -26,8 +26,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +34,7 @@ import pararnn
 from pararnn.cells import ElmanCell, GRUCell, LSTMCell, ParaGRUCell, ParaLSTMCell
 from pararnn.jacobians import JacobianSpec, linearize
 from pararnn.structure import DENSE
-from common import environment, markdown_table, time_fn, write_json
+from common import environment, markdown_table, time_fn, time_interleaved, write_json
 
 CELLS = {"ParaGRU": ParaGRUCell, "ParaLSTM": ParaLSTMCell, "GRU": GRUCell, "LSTM": LSTMCell,
          "Elman": ElmanCell}
@@ -71,16 +69,8 @@ def run(name, hidden, batch, length, repeats):
 
 
 def interleaved(fns: dict, args, repeats: int) -> dict:
-    """Median ms of each jitted fn, compiled first, repeats interleaved round-robin."""
-    for f in fns.values():
-        jax.block_until_ready(f(*args))
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(f(*args))
-            times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    """Median ms of each jitted fn on the same ``args`` (common.time_interleaved)."""
+    return {k: v * 1e3 for k, v in time_interleaved(fns, {k: args for k in fns}, repeats).items()}
 
 
 def whole_sequence_linearize(step, hprev, u, p):

@@ -24,9 +24,7 @@ import argparse
 import dataclasses
 import itertools
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import pararnn.nn as pnn
-from common import environment, markdown_table, write_json
+from common import environment, markdown_table, time_interleaved, write_json
 
 LAYERS = {"ParaGRU": pnn.ParaGRU, "ParaLSTM": pnn.ParaLSTM, "GRU": pnn.GRU, "LSTM": pnn.LSTM,
           "Elman": pnn.Elman}
@@ -56,17 +54,9 @@ def working_set_gb(name: str, hidden: int, batch: int, length: int, fwd: str, bw
 
 
 def measure(fns: dict, args, repeats: int) -> dict:
-    """Median seconds per call of each fn, compiled first, repeats interleaved round-robin."""
-    compiled = {k: jax.jit(f) for k, f in fns.items()}
-    for f in compiled.values():
-        jax.block_until_ready(f(*args))
-    times = {k: [] for k in compiled}
-    for _ in range(repeats):
-        for k, f in compiled.items():
-            start = time.perf_counter()
-            jax.block_until_ready(f(*args))
-            times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds per call of each fn on the same ``args``, jitted, timed interleaved
+    (common.time_interleaved)."""
+    return time_interleaved({k: jax.jit(f) for k, f in fns.items()}, {k: args for k in fns}, repeats)
 
 
 def run_config(name, hidden, batch, length, repeats, max_gb):
