@@ -134,14 +134,14 @@ def plot(rows: list[dict], path: str) -> bool:
     import numpy as np
     corpora = list(dict.fromkeys(r["corpus"] for r in rows))
     fig, axes = plt.subplots(len(corpora), 2, figsize=(11, 3.6 * len(corpora)), squeeze=False)
-    smooth = lambda v: np.convolve(v, np.ones(10) / 10, mode="valid")
     for i, corpus in enumerate(corpora):
         models = list(dict.fromkeys(r["model"] for r in rows if r["corpus"] == corpus))
         for j, model in enumerate(models):
             for k, r in enumerate(x for x in rows if x["corpus"] == corpus and x["model"] == model):
-                loss = smooth(r["loss"])
-                steps = np.arange(len(loss)) + 10
-                wall = np.cumsum([0.0] + r["step_seconds"][1:])[9:9 + len(loss)]
+                w = min(10, len(r["loss"]))  # a 10-step running mean (shorter runs: their length)
+                loss = np.convolve(r["loss"], np.ones(w) / w, mode="valid")
+                steps = np.arange(len(loss)) + w
+                wall = np.cumsum([0.0] + r["step_seconds"][1:])[w - 1:w - 1 + len(loss)]
                 label = f"{model} ({r['params'] / 1e3:.0f}k)" if k == 0 else None
                 axes[i, 0].plot(steps, loss, color=f"C{j}", lw=1, label=label)
                 axes[i, 1].plot(wall, loss, color=f"C{j}", lw=1, label=label)
