@@ -167,6 +167,27 @@ def _absl_warnings_held(active: bool):
         logger.setLevel(level)
 
 
+def _drop_orbax_unraisables() -> None:
+    """After a failed read, Orbax's pending read coroutines are garbage-collected whenever the
+    failure's traceback is released — often after :func:`_quiet_on_failure` has handed
+    ``sys.stderr`` back — and Python prints each as "Exception ignored in: <coroutine …>"
+    with a traceback. Those repeat the error already reported in one line: from the first
+    failure on, unraisable exceptions raised by Orbax coroutines are dropped (everything
+    else still reaches the previous hook)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_pararnn_orbax_filter", False):
+        return
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+            return
+        previous(unraisable)
+
+    hook._pararnn_orbax_filter = True
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def _quiet_on_failure(settle_s: float = 0.3, max_wait_s: float = 5.0):
     """Hold back what is printed to ``sys.stderr`` while Orbax reads a checkpoint.
@@ -182,6 +203,7 @@ def _quiet_on_failure(settle_s: float = 0.3, max_wait_s: float = 5.0):
     try:
         yield
     except BaseException:
+        _drop_orbax_unraisables()
         deadline, size, quiet_since = time.time() + max_wait_s, -1, time.time()
         while time.time() < deadline:
             if held.tell() != size:
