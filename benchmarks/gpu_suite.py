@@ -159,7 +159,8 @@ def run_train(args, deadline: float) -> list[dict]:
         if time.perf_counter() > deadline:
             rows.append({"config": args.train_config, "mode": mode, "note": "skipped: time budget"})
             continue
-        overrides = ["data.source=synthetic", "optim.grad_accum=1", "mesh.data=-1", "mesh.fsdp=1",
+        # one device: the suite measures one accelerator (and a test process may have 8 fake CPUs)
+        overrides = ["data.source=synthetic", "optim.grad_accum=1", "mesh.devices=1", "mesh.data=1", "mesh.fsdp=1",
                      f"data.seq_len={args.train_seq_len}", f"data.batch_size={args.train_batch}",
                      f"model.mode={mode}"]
         row = bench_one(load_config(args.train_config, overrides), steps=args.repeats, warmup=1)
