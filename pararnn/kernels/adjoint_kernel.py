@@ -24,7 +24,7 @@ from ..structure import BLOCK, Structure
 from .dispatch import KernelOptions, pallas_on_every_platform
 from .layout import StepPlan
 from .newton_kernel import NewtonSettings, _Program
-from .tiles import Loader, channel_spec, choose_geometry, chunked_scan, whole_spec
+from .tiles import Loader, channel_spec, choose_geometry, chunked_scan, operand_specs
 
 __all__ = ["fused_adjoint"]
 
@@ -80,11 +80,7 @@ def fused_adjoint(step, h0: jax.Array, hs: jax.Array, xs: Any, params: Any, g_hs
         chunked_scan(ld, alg, provider, first, store, reverse=True, dtype=ad)
 
     bd = geom.lanes
-    in_specs = [channel_spec(plan.state_shape, bd)]
-    for arr, op in zip(statics, plan.s_operands):
-        in_specs.append(channel_spec(op.shape, bd) if op.channel else whole_spec(arr.shape))
-    for arr, op in zip(x_arrays, plan.x_operands):
-        in_specs.append(channel_spec(op.shape, bd, t) if op.channel else whole_spec(arr.shape))
+    in_specs = operand_specs(plan, statics, x_arrays, bd, t)
     in_specs += [channel_spec(plan.state_shape, bd, t)] * 2
     out_spec = channel_spec(plan.state_shape, bd, t)
     run = pallas_on_every_platform(

@@ -45,7 +45,7 @@ from .dispatch import KernelOptions, pallas_on_every_platform
 from .lanes import LaneValue, concrete, is_concrete
 from .layout import StepPlan
 from .tiles import (Algebra, Geometry, Loader, Stats, channel_spec, choose_geometry, link_chunks,
-                    shift_rows, whole_spec)
+                    operand_specs, shift_rows)
 
 __all__ = ["fused_newton", "NewtonSettings", "INFO_FIELDS"]
 
@@ -356,11 +356,7 @@ def fused_newton(step, h0: jax.Array, xs: Any, params: Any, consts: Sequence = (
     if init is not None:
         inputs.append(jnp.asarray(init, plan.state_dtype))
     bd = geom.lanes
-    in_specs = [channel_spec(plan.state_shape, bd)]
-    for arr, op in zip(statics, plan.s_operands):
-        in_specs.append(channel_spec(op.shape, bd) if op.channel else whole_spec(arr.shape))
-    for arr, op in zip(x_arrays, plan.x_operands):
-        in_specs.append(channel_spec(op.shape, bd, t) if op.channel else whole_spec(arr.shape))
+    in_specs = operand_specs(plan, statics, x_arrays, bd, t)
     if init is not None:
         in_specs.append(channel_spec(plan.state_shape, bd, t))
     hs_spec = channel_spec(plan.state_shape, bd, t)

@@ -297,6 +297,18 @@ def whole_spec(shape: Sequence[int]):
     return pl.BlockSpec(tuple(shape), lambda j: (0,) * nd)
 
 
+def operand_specs(plan, statics, x_arrays, lanes: int, length_t: int) -> list:
+    """BlockSpecs of a kernel's leading operands: the initial state, the parameter and
+    constant leaves (``statics``), then the per-step input leaves (``x_arrays``) — per channel
+    tile where a leaf carries the channel axis, whole otherwise."""
+    specs = [channel_spec(plan.state_shape, lanes)]
+    for arr, op in zip(statics, plan.s_operands):
+        specs.append(channel_spec(op.shape, lanes) if op.channel else whole_spec(arr.shape))
+    for arr, op in zip(x_arrays, plan.x_operands):
+        specs.append(channel_spec(op.shape, lanes, length_t) if op.channel else whole_spec(arr.shape))
+    return specs
+
+
 def chunked_scan(ld: "Loader", alg: Algebra, provider, first: Sequence, store, *,
                  reverse: bool, dtype) -> None:
     """A linear recurrence ``s ← A s + b`` over all positions of the program's chunks.
